@@ -1,0 +1,374 @@
+"""The cluster specification: the YAML an SRE writes, validated into a ClusterSpec.
+
+Every model forbids unknown fields. `load_spec` reports every problem at once,
+each as `<file>: <yaml.path>: <message>`, and raises SpecError; nothing else in
+drover runs on an invalid spec.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from drover.errors import SpecError
+
+API_VERSION = "drover/v1alpha1"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+VERSION = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
+K8S_VERSION = r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
+
+
+class Model(BaseModel):
+    """Base: camelCase in YAML, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+class NodeSize(Model):
+    cpus: int = Field(2, ge=1, le=256, description="virtual CPUs")
+    memory_mib: int = Field(4096, ge=1024, description="memory in MiB (Talos needs >= 1024)")
+    disk_gib: int = Field(20, ge=10, description="system disk in GiB (Talos needs >= 10)")
+
+
+class Schematic(Model):
+    """What the Talos Image Factory bakes into the boot image and installer."""
+
+    extensions: list[str] = Field(default_factory=list, description="official system extensions")
+    extra_kernel_args: list[str] = Field(default_factory=list)
+
+
+class TalosSettings(Model):
+    version: Annotated[str, Field(pattern=VERSION, description="Talos version, e.g. v1.13.9")]
+    api: Literal["lab", "talosctl"] = Field(
+        "lab", description="how drover reaches the Talos API: the lab emulation or talosctl"
+    )
+    schematic: Schematic = Field(default_factory=Schematic)
+    install_disk: str = Field("/dev/vda", description="disk Talos installs to")
+    image_factory: str = Field("https://factory.talos.dev", description="Image Factory base URL")
+
+
+class KubernetesSettings(Model):
+    version: Annotated[str, Field(pattern=K8S_VERSION, description="Kubernetes version")]
+    endpoint: str = Field(description="control-plane endpoint, e.g. https://10.5.0.2:6443")
+    pod_subnets: list[str] = Field(default_factory=lambda: ["10.244.0.0/16"])
+    service_subnets: list[str] = Field(default_factory=lambda: ["10.96.0.0/12"])
+    dns_domain: str = "cluster.local"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_https_url(cls, value: str) -> str:
+        if not re.match(r"^https://[^/:\s]+(:\d+)?/?$", value):
+            raise ValueError(f"must be an https URL like https://10.5.0.2:6443, got {value!r}")
+        return value
+
+    @field_validator("pod_subnets", "service_subnets")
+    @classmethod
+    def _subnets_are_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR like 10.244.0.0/16") from None
+        return value
+
+    @property
+    def version_tag(self) -> str:
+        return self.version if self.version.startswith("v") else f"v{self.version}"
+
+
+class ControlPlane(Model):
+    count: int = Field(3, description="control-plane nodes: 1, 3 or 5")
+    size: NodeSize = Field(default_factory=NodeSize)
+
+    @field_validator("count")
+    @classmethod
+    def _count_keeps_quorum(cls, value: int) -> int:
+        if value not in (1, 3, 5, 7):
+            raise ValueError(f"must be odd (1, 3, 5) to keep etcd quorum, got {value}")
+        return value
+
+
+class WorkerPool(Model):
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=20)] = "worker"
+    count: int = Field(1, ge=0, le=500)
+    size: NodeSize = Field(default_factory=NodeSize)
+
+
+class Patches(Model):
+    """Talos machine-config patches (RFC 7386 merge patches): inline mappings or file paths."""
+
+    all: list[dict[str, Any] | str] = Field(default_factory=list)
+    control_plane: list[dict[str, Any] | str] = Field(default_factory=list)
+    worker: list[dict[str, Any] | str] = Field(default_factory=list)
+
+
+class LabFault(Model):
+    """A fault the lab injects, declared in the config."""
+
+    type: Literal["create-fails", "never-boots", "talos-api-errors", "dies"]
+    node: str = Field(description="the node's name, e.g. lab-cp-2")
+    times: int = Field(1, ge=1, description="create-fails, talos-api-errors: how many calls fail")
+    after_seconds: float = Field(
+        0, ge=0, description="dies: seconds after the node reaches running"
+    )
+
+
+class LabProvider(Model):
+    kind: Literal["lab"]
+    profile: Literal["instant", "demo", "realistic"] = "demo"
+    compression: float = Field(
+        1.0, ge=1.0, description="realistic: divide real-world durations by this factor"
+    )
+    clock: Literal["system", "virtual"] = Field(
+        "system", description="virtual: time advances only when drover waits (tests)"
+    )
+    network: str = Field("10.5.0.0/24", description="emulated node network (no traffic is sent)")
+    seed: int | None = Field(None, description="seed for duration jitter; random if unset")
+    faults: list[LabFault] = Field(default_factory=list)
+
+    @field_validator("network")
+    @classmethod
+    def _network_is_cidr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR like 10.5.0.0/24") from None
+        return value
+
+
+ProviderSettings = Annotated[LabProvider, Field(discriminator="kind")]
+
+
+class Timeouts(Model):
+    provision_seconds: float = Field(900, gt=0, description="create until maintenance mode")
+    configure_seconds: float = Field(1200, gt=0, description="config push until running")
+    bootstrap_seconds: float = Field(600, gt=0)
+    health_seconds: float = Field(1200, gt=0, description="until every node is Ready")
+
+
+class DeploymentSettings(Model):
+    target_minutes: float = Field(10, gt=0, description="the goal for a full deploy")
+    baseline_minutes: float = Field(45, gt=0, description="the Kubespray baseline")
+    keep_on_failure: bool = Field(False, description="keep nodes of a failed fresh deploy")
+    max_parallel: int = Field(16, ge=1, le=256, description="nodes provisioned at once")
+    retries: int = Field(3, ge=0, le=10, description="retries of a step on transient errors")
+    retry_delay_seconds: float = Field(5, ge=0)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+
+class UpgradeSettings(Model):
+    max_unavailable: int = Field(1, ge=1, description="workers upgraded at once")
+    drain_timeout_seconds: float = Field(300, gt=0)
+
+
+class HealthSettings(Model):
+    interval_seconds: float = Field(300, gt=0)
+    unhealthy_after_seconds: float = Field(300, gt=0)
+    max_unhealthy_percent: int = Field(40, ge=0, le=100)
+
+
+class ClusterBody(Model):
+    talos: TalosSettings
+    kubernetes: KubernetesSettings
+    control_plane: ControlPlane = Field(default_factory=ControlPlane)
+    workers: list[WorkerPool] = Field(default_factory=lambda: [WorkerPool()])
+    patches: Patches = Field(default_factory=Patches)
+    provider: ProviderSettings
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    upgrade: UpgradeSettings = Field(default_factory=UpgradeSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+
+    @field_validator("workers")
+    @classmethod
+    def _pool_names_unique(cls, pools: list[WorkerPool]) -> list[WorkerPool]:
+        names = [p.name for p in pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"worker pool names must be unique, repeated: {', '.join(dupes)}")
+        if "cp" in names:
+            raise ValueError("'cp' is reserved for control-plane nodes; rename that pool")
+        return pools
+
+
+class Metadata(Model):
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=40)]
+    site: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = "default"
+
+
+class NodeSpec(Model):
+    """One declared node: what drover wants to exist."""
+
+    name: str
+    role: Literal["controlplane", "worker"]
+    pool: str
+    size: NodeSize
+
+
+class ClusterSpec(Model):
+    api_version: Literal["drover/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["Cluster"]
+    metadata: Metadata
+    spec: ClusterBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def declared_nodes(self) -> list[NodeSpec]:
+        """Every node the spec declares, control planes first, in a stable order."""
+        body = self.spec
+        nodes = [
+            NodeSpec(name=f"{self.name}-cp-{i}", role="controlplane", pool="cp",
+                     size=body.control_plane.size)
+            for i in range(1, body.control_plane.count + 1)
+        ]
+        for pool in body.workers:
+            nodes += [
+                NodeSpec(name=f"{self.name}-{pool.name}-{i}", role="worker", pool=pool.name,
+                         size=pool.size)
+                for i in range(1, pool.count + 1)
+            ]
+        return nodes
+
+    def with_overrides(self, talos_version: str | None = None,
+                       kubernetes_version: str | None = None) -> ClusterSpec:
+        """A copy with versions overridden (UI and CLI parameters), re-validated."""
+        data = self.model_dump(by_alias=True)
+        if talos_version:
+            data["spec"]["talos"]["version"] = talos_version
+        if kubernetes_version:
+            data["spec"]["kubernetes"]["version"] = kubernetes_version
+        return parse_spec(data, source="overrides")
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at `loc` (for 'did you mean')."""
+    model: Any = ClusterSpec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        if part not in fields:
+            return None
+        ann = fields[part].annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
+        candidates = [ann, *args]
+        model = next((c for c in candidates if isinstance(c, type)
+                      and issubclass(c, BaseModel)), None)
+        if model is None and part == "provider":
+            model = LabProvider
+    return model
+
+
+PATTERN_HINTS = {
+    DNS_LABEL: "must be lowercase letters, digits and '-' (a DNS label, e.g. lab-1)",
+    VERSION: "must be a Talos version like v1.13.9",
+    K8S_VERSION: "must be a Kubernetes version like 1.36.3",
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p == "lab"))
+    path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
+    path = path.replace(".[", "[") or "(top level)"
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        hint = ""
+        if owner is not None:
+            close = difflib.get_close_matches(str(loc[-1]), _field_names(owner), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else (
+                f"; allowed: {', '.join(_field_names(owner))}")
+        return f"{path}: unknown field{hint}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    if kind == "union_tag_invalid" or kind == "literal_error":
+        return f"{path}: {msg}"
+    if kind == "string_pattern_mismatch":
+        msg = PATTERN_HINTS.get(error.get("ctx", {}).get("pattern", ""), msg)
+    msg = msg.removeprefix("Value error, ")
+    got = error.get("input")
+    if kind not in ("value_error",) and not isinstance(got, (dict, list)):
+        msg = f"{msg}, got {got!r}"
+    return f"{path}: {msg}"
+
+
+def parse_spec(data: Any, source: str = "<config>") -> ClusterSpec:
+    """Validate already-parsed YAML; raise SpecError listing every problem."""
+    if not isinstance(data, dict):
+        raise SpecError(source, ["(top level): must be a mapping with apiVersion, kind, "
+                                 "metadata and spec"])
+    if data.get("apiVersion") not in (None, API_VERSION):
+        raise SpecError(source, [f"apiVersion: must be {API_VERSION}, "
+                                 f"got {data.get('apiVersion')!r}"])
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load_spec(path: str | Path) -> ClusterSpec:
+    """Read and validate a cluster YAML file; relative patch files resolve next to it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [f"not valid YAML: {exc}"]) from None
+    spec = parse_spec(data, source=str(path))
+    return _resolve_patch_files(spec, path.parent)
+
+
+def _resolve_patch_files(spec: ClusterSpec, base: Path) -> ClusterSpec:
+    """Inline patch files so the spec is self-contained (a Prefect parameter, a worker)."""
+    problems: list[str] = []
+    resolved: dict[str, list[dict[str, Any]]] = {}
+    for key, alias in (("all", "all"), ("control_plane", "controlPlane"), ("worker", "worker")):
+        out = []
+        for i, item in enumerate(getattr(spec.spec.patches, key)):
+            if isinstance(item, dict):
+                out.append(item)
+                continue
+            file = (base / item) if not Path(item).is_absolute() else Path(item)
+            where = f"spec.patches.{alias}[{i}]"
+            try:
+                loaded = yaml.safe_load(file.read_text())
+            except OSError:
+                problems.append(f"{where}: patch file {str(file)!r} cannot be read")
+                continue
+            except yaml.YAMLError as exc:
+                problems.append(f"{where}: patch file {str(file)!r} is not valid YAML: {exc}")
+                continue
+            if not isinstance(loaded, dict):
+                problems.append(f"{where}: patch file {str(file)!r} must hold one mapping")
+                continue
+            out.append(loaded)
+        resolved[key] = out
+    if problems:
+        raise SpecError(str(base), problems)
+    patches = Patches(**resolved)
+    return spec.model_copy(update={"spec": spec.spec.model_copy(update={"patches": patches})})
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the cluster YAML, for editors (`drover schema`)."""
+    schema = ClusterSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "drover Cluster"
+    return schema
