@@ -1,0 +1,190 @@
+"""The `drover` command: the same flows as the Prefect UI, from a terminal.
+
+Flows run in Prefect's ephemeral mode unless PREFECT_API_URL points at a
+server. Flows are imported inside the commands, so `drover schema` and
+`drover config render` start instantly and the library stays Prefect-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drover.errors import DroverError, SpecError
+from drover.home import drover_home, remembered_spec
+from drover.spec import json_schema, load_spec
+from drover.timing import History, format_duration, percentile
+
+app = typer.Typer(help="Deploy, upgrade, heal and replace Talos Kubernetes clusters.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+out = Console()
+err = Console(stderr=True)
+
+
+def _prefect_env() -> None:
+    # Before Prefect is imported: the server's telemetry only adds SQLite lock noise here.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _fail(exc: Exception, code: int = 1) -> typer.Exit:
+    if isinstance(exc, SpecError):
+        err.print(f"[red]error:[/red] {exc.source}: {len(exc.issues)} problem(s):", highlight=False)
+        for issue in exc.issues:
+            err.print(f"  {exc.source}: {issue}", highlight=False, markup=False)
+        return typer.Exit(2)
+    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=False)
+    return typer.Exit(code)
+
+
+def _timing_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"deploy {result['cluster']}", title_justify="left")
+    for column in ("stage", "duration", "nodes", "slowest node"):
+        table.add_column(column, justify="right" if column == "duration" else "left")
+    for row in result["timing"]:
+        table.add_row(*(row[c] for c in ("stage", "duration", "nodes", "slowest node")),
+                      style="bold" if row["stage"] == "total" else None)
+    return table
+
+
+@app.command()
+def deploy(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. configs/lab.yaml")],
+           dry_run: Annotated[bool, typer.Option(help="print the plan, change nothing")] = False,
+           talos_version: Annotated[str | None, typer.Option(help="override the Talos version")] = None,
+           kubernetes_version: Annotated[str | None, typer.Option()] = None,
+           keep_on_failure: Annotated[bool, typer.Option(help="keep nodes if a fresh deploy fails")] = False,
+           ) -> None:
+    """Deploy the cluster CONFIG declares, or finish a deploy that stopped part-way."""
+    try:
+        load_spec(config)  # every config error before Prefect starts
+    except SpecError as exc:
+        raise _fail(exc) from None
+    _prefect_env()
+    from flows.deploy import deploy_cluster
+
+    try:
+        result = deploy_cluster(config=str(config), talos_version=talos_version,
+                                kubernetes_version=kubernetes_version, dry_run=dry_run,
+                                keep_on_failure=keep_on_failure)
+    except (DroverError, ValueError) as exc:
+        raise _fail(exc) from None
+    if not result["changed"]:
+        for line in result["plan"]:
+            out.print(line, highlight=False)
+        return
+    out.print(_timing_table(result))
+    out.print(f"[bold]{result['verdict']}[/bold]", highlight=False)
+    out.print(f"critical path: {result['critical_path']}", highlight=False)
+    if result.get("note"):
+        out.print(f"times: {result['note']}", highlight=False)
+
+
+def _status(cluster: str) -> list[dict[str, Any]]:
+    spec = remembered_spec(cluster)
+    if spec is None:
+        return []
+    from drover.deploy import Infra, observe
+
+    observed = observe(Infra.open(spec))
+    return [{"name": n.name, "role": n.role, "state": n.stage, "ready": n.ready,
+             "address": n.address, "talos_version": n.talos_version}
+            for n in sorted(observed.nodes.values(), key=lambda n: n.name)]
+
+
+@app.command()
+def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show every node of CLUSTER: role, lifecycle state, readiness, address, version."""
+    nodes = _status(cluster)
+    if as_json:
+        print(json.dumps(nodes, indent=2))
+        return
+    if not nodes:
+        out.print(f"{cluster}: no nodes (drover knows no such cluster, or it has none)")
+        return
+    table = Table(title=cluster, title_justify="left")
+    for column in ("name", "role", "state", "ready", "address", "talos_version"):
+        table.add_column(column)
+    for node in nodes:
+        table.add_row(*(str(node[c]) for c in ("name", "role", "state", "ready", "address",
+                                                "talos_version")))
+    out.print(table)
+
+
+@app.command()
+def destroy(cluster: str, yes: Annotated[bool, typer.Option("--yes", help="confirm")] = False,
+            dry_run: Annotated[bool, typer.Option()] = False) -> None:
+    """Delete every node of CLUSTER and forget its secrets."""
+    if not yes and not dry_run:
+        err.print(f"refusing to destroy {cluster} without --yes")
+        raise typer.Exit(2)
+    _prefect_env()
+    from flows.destroy import destroy_cluster
+
+    try:
+        result = destroy_cluster(cluster=cluster, confirm=yes, dry_run=dry_run)
+    except (DroverError, ValueError) as exc:
+        raise _fail(exc) from None
+    if dry_run:
+        out.print(f"{cluster}: would delete {', '.join(result['would_delete']) or 'nothing'}")
+    else:
+        out.print(f"{cluster}: deleted {len(result['deleted'])} node(s)")
+
+
+@app.command()
+def report(cluster: str, flow: Annotated[str, typer.Option(help="deploy, upgrade, ...")] = "deploy"
+           ) -> None:
+    """The timing history of CLUSTER: every run, and p50/p95 against target and baseline."""
+    runs = History(drover_home() / "history.db").runs(cluster, flow)
+    if not runs:
+        out.print(f"{cluster}: no {flow} runs recorded")
+        return
+    table = Table(title=f"{flow} {cluster}: {len(runs)} run(s)", title_justify="left")
+    for column in ("started", "outcome", "total", "verdict"):
+        table.add_column(column)
+    from datetime import datetime, timezone
+
+    for run in runs:
+        started = datetime.fromtimestamp(run.started, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        table.add_row(started, run.outcome, format_duration(run.total), run.verdict())
+    out.print(table)
+    done = [r.total for r in runs if r.outcome == "completed"]
+    if done:
+        last = runs[-1]
+        out.print(f"completed runs: p50 {format_duration(percentile(done, 50))}, "
+                  f"p95 {format_duration(percentile(done, 95))}; target "
+                  f"{format_duration(last.target_seconds)}, baseline "
+                  f"{format_duration(last.baseline_seconds)}", highlight=False)
+
+
+@config_app.command("render")
+def config_render(config: Path, out_dir: Annotated[Path, typer.Option("--out")]) -> None:
+    """Write each node's Talos machine config and a talosconfig into --out (mode 0600)."""
+    from drover.home import cluster_dir
+    from drover.machineconfig import load_or_create_secrets, write_rendered
+
+    try:
+        spec = load_spec(config)
+    except SpecError as exc:
+        raise _fail(exc) from None
+    paths = write_rendered(spec, load_or_create_secrets(cluster_dir(spec.name)), out_dir)
+    for path in paths:
+        out.print(str(path), highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the cluster YAML (for editors)."""
+    json.dump(json_schema(), sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,191 @@
+"""The steps of a deployment, as plain functions the Prefect tasks wrap.
+
+Each step is idempotent: observe, then act only on the difference, then wait
+(with a timeout) until the node or cluster reaches the state the next step
+needs. Waits sleep on the infrastructure's clock until its next change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drover import retry
+from drover.errors import AlreadyBootstrapped, QuorumError, StageTimeout, TalosError
+from drover.home import cluster_dir, remember_spec
+from drover.lab.clock import Clock
+from drover.machineconfig import (installer_image, load_or_create_secrets, render_node_yaml,
+                                  write_kubeconfig, write_talosconfig)
+from drover.plan import Observed, ObservedNode
+from drover.providers import Node, Provider, open_provider
+from drover.spec import ClusterSpec, NodeSpec
+from drover.talos import ClusterHealth, TalosAPI, open_talos
+
+BOOTED = ("maintenance", "installing", "rebooting", "running")
+
+
+@dataclass
+class Infra:
+    """The backends one cluster's spec selects, sharing one clock."""
+
+    spec: ClusterSpec
+    provider: Provider
+    talos: TalosAPI
+
+    @property
+    def clock(self) -> Clock:
+        return self.provider.clock
+
+    @classmethod
+    def open(cls, spec: ClusterSpec) -> Infra:
+        return cls(spec, open_provider(spec), open_talos(spec))
+
+    def wait(self, check: Callable[[], object | None], timeout: float,
+             on_timeout: Callable[[], Exception]) -> object:
+        return retry.poll_until(check, clock=self.clock, timeout=timeout, on_timeout=on_timeout,
+                                next_change=self.provider.next_change_at)
+
+
+def observe(infra: Infra) -> Observed:
+    nodes = {}
+    for node in infra.provider.list_nodes():
+        status = infra.talos.machine_status(node)
+        nodes[node.name] = ObservedNode(node.name, node.role, status.stage, status.configured,
+                                        status.ready, node.address, status.talos_version)
+    return Observed(nodes, infra.talos.cluster_health().bootstrapped)
+
+
+def resolve_image(infra: Infra) -> str:
+    """The installer image for the spec's schematic and Talos version, prepared for use."""
+    return infra.provider.prepare_image(installer_image(infra.spec))
+
+
+def provision_node(infra: Infra, node: NodeSpec, image: str) -> float:
+    """Create the node (or find it) and wait until its Talos API answers; return seconds."""
+    started = infra.clock.now()
+    created = infra.provider.create_node(node, image)
+    timeout = infra.spec.spec.deployment.timeouts.provision_seconds
+
+    def booted() -> Node | None:
+        current = infra.provider.get_node(created.name)
+        return current if infra.talos.machine_status(current).stage in BOOTED else None
+
+    infra.wait(booted, timeout, lambda: StageTimeout(
+        "provision", node.name, f"did not reach maintenance mode within {timeout:.0f}s "
+        f"(still {infra.talos.machine_status(created).stage})"))
+    return infra.clock.now() - started
+
+
+def prepare_cluster_dir(spec: ClusterSpec) -> None:
+    """Generate the cluster's secrets once and keep its spec, in $DROVER_HOME/clusters/<name>/."""
+    load_or_create_secrets(cluster_dir(spec.name))
+    remember_spec(spec)
+
+
+def configure_node(infra: Infra, node: NodeSpec) -> float:
+    """Push the node's machine config if it has none, then wait until it runs it."""
+    started = infra.clock.now()
+    secrets = load_or_create_secrets(cluster_dir(infra.spec.name))
+    target = infra.provider.get_node(node.name)
+    if not infra.talos.machine_status(target).configured:
+        config = render_node_yaml(infra.spec, node, secrets)
+        retry.call(retry.api_call(infra.clock), infra.talos.apply_config, target, config,
+                   insecure=True)
+    timeout = infra.spec.spec.deployment.timeouts.configure_seconds
+
+    def running() -> bool | None:
+        return infra.talos.machine_status(target).stage == "running" or None
+
+    infra.wait(running, timeout, lambda: StageTimeout(
+        "configure", node.name, f"not running its config within {timeout:.0f}s "
+        f"(still {infra.talos.machine_status(target).stage})"))
+    return infra.clock.now() - started
+
+
+def bootstrap_etcd(infra: Infra) -> str | None:
+    """Bootstrap etcd on the first running control plane, once; the node, or None if done."""
+    if infra.talos.cluster_health().bootstrapped:
+        return None
+    control_planes = [n for n in infra.provider.list_nodes() if n.role == "controlplane"]
+    first = next((n for n in control_planes
+                  if infra.talos.machine_status(n).stage == "running"), None)
+    if first is None:
+        raise TalosError(f"{infra.spec.name}: no running control plane to bootstrap etcd on")
+    try:
+        retry.call(retry.api_call(infra.clock), infra.talos.bootstrap, first)
+    except AlreadyBootstrapped:  # a parallel or crashed run got there first: that is success
+        return None
+    return first.name
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: list[str]
+    waiting: list[str]
+    health: ClusterHealth
+
+    @property
+    def total(self) -> int:
+        return len(self.ready) + len(self.waiting)
+
+
+def readiness(infra: Infra) -> Readiness:
+    health = infra.talos.cluster_health()
+    ready, waiting = [], []
+    declared = {n.name for n in infra.spec.declared_nodes()}
+    for node in infra.provider.list_nodes():
+        if node.name in declared:
+            (ready if infra.talos.machine_status(node).ready else waiting).append(node.name)
+    waiting += sorted(declared - set(ready) - set(waiting))
+    return Readiness(sorted(ready), sorted(waiting), health)
+
+
+def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda r: None
+                 ) -> Readiness:
+    """The health gate: etcd full and healthy, the API up, every declared node Ready."""
+    want_members = infra.spec.spec.control_plane.count
+    timeout = infra.spec.spec.deployment.timeouts.health_seconds
+    last: list[Readiness] = []  # the previous observation, to report only changes
+
+    def healthy() -> Readiness | None:
+        state = readiness(infra)
+        if state.health.quorum_lost:
+            raise QuorumError(f"{infra.spec.name}: etcd lost quorum; the cluster needs recovery")
+        if not last or (last[-1].ready, last[-1].health) != (state.ready, state.health):
+            on_progress(state)
+        last[:] = [state]
+        ok = (state.health.api_up and not state.waiting
+              and state.health.healthy_members() == len(state.health.members) == want_members)
+        return state if ok else None
+
+    def timed_out() -> Exception:
+        state = last[-1] if last else readiness(infra)
+        node = state.waiting[0] if state.waiting else infra.spec.name
+        return StageTimeout("health", node, (
+            f"cluster not healthy within {timeout:.0f}s: {len(state.ready)}/{state.total} "
+            f"nodes Ready, etcd {state.health.healthy_members()}/{want_members} members, "
+            f"API {'up' if state.health.api_up else 'down'}; waiting for "
+            f"{', '.join(state.waiting) or 'etcd'}"))
+
+    return infra.wait(healthy, timeout, timed_out)  # type: ignore[return-value]
+
+
+def write_client_configs(infra: Infra) -> list[str]:
+    """talosconfig and kubeconfig for the cluster (mode 0600); returns their paths."""
+    folder = cluster_dir(infra.spec.name)
+    secrets = load_or_create_secrets(folder)
+    nodes = infra.provider.list_nodes()
+    endpoints = [n.address for n in nodes if n.role == "controlplane"]
+    talosconfig = write_talosconfig(folder, infra.spec.name, endpoints,
+                                    [n.address for n in nodes], secrets)
+    kubeconfig = write_kubeconfig(folder, infra.spec.name,
+                                  infra.spec.spec.kubernetes.endpoint, secrets)
+    return [str(talosconfig), str(kubeconfig)]
+
+
+def destroy(infra: Infra, names: list[str] | None = None) -> list[str]:
+    """Delete the named nodes (default: every node of the cluster); returns what was deleted."""
+    targets = names if names is not None else [n.name for n in infra.provider.list_nodes()]
+    for name in targets:
+        infra.provider.delete_node(name)
+    return targets

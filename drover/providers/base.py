@@ -1,0 +1,82 @@
+"""The Provider interface (where VMs come from) and the registry of backends.
+
+Small and idempotent: create returns an existing node of that name rather
+than a duplicate, delete succeeds when the node is already gone. Flows never
+branch on which backend they drive.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drover.lab.clock import Clock
+from drover.spec import ClusterSpec, NodeSpec
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine as the infrastructure sees it."""
+
+    name: str
+    cluster: str
+    role: str
+    pool: str
+    state: str          # the provider's view: for the lab, the Talos lifecycle stage
+    address: str
+
+
+class Provider(ABC):
+    """One cluster's infrastructure backend."""
+
+    kind: str
+    clock: Clock
+
+    @abstractmethod
+    def prepare_image(self, image: str) -> str:
+        """Make the boot image usable by the infrastructure (cached); return its handle."""
+
+    @abstractmethod
+    def create_node(self, node: NodeSpec, image: str) -> Node:
+        """Create and start a node; an existing node of that name is returned as it is."""
+
+    @abstractmethod
+    def get_node(self, name: str) -> Node:
+        """The node, or NodeNotFound."""
+
+    @abstractmethod
+    def list_nodes(self) -> list[Node]:
+        """Every node of this cluster that exists, sorted by name."""
+
+    @abstractmethod
+    def delete_node(self, name: str) -> None:
+        """Delete the node; succeeds if it is already gone."""
+
+    def timing_scale(self) -> tuple[float, str]:
+        """How to read durations measured on this provider's clock: (scale factor, note)."""
+        return 1.0, ""
+
+    def next_change_at(self) -> float | None:
+        """When something is next due to change; None when the backend cannot know."""
+        return None
+
+
+ProviderFactory = Callable[[ClusterSpec], Provider]
+PROVIDERS: dict[str, ProviderFactory] = {}
+
+
+def register(kind: str) -> Callable[[ProviderFactory], ProviderFactory]:
+    def add(factory: ProviderFactory) -> ProviderFactory:
+        PROVIDERS[kind] = factory
+        return factory
+    return add
+
+
+def open_provider(spec: ClusterSpec) -> Provider:
+    kind = spec.spec.provider.kind
+    try:
+        return PROVIDERS[kind](spec)
+    except KeyError:
+        raise ValueError(f"spec.provider.kind: no provider {kind!r}; "
+                         f"known: {', '.join(sorted(PROVIDERS))}") from None

@@ -1,0 +1,16 @@
+"""Thin Prefect tasks around drover's library: names, retries, timeouts, artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drover.errors import is_transient
+
+
+def only_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """retry_condition_fn: retry a step only when it failed with a TransientError."""
+    try:
+        state.result()
+    except Exception as exc:  # the failure the state holds
+        return is_transient(exc)
+    return False

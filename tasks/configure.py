@@ -1,0 +1,43 @@
+"""Tasks: cluster secrets, the machine-config push, and the one etcd bootstrap."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from drover import deploy
+from drover.spec import ClusterSpec, NodeSpec
+from tasks import only_transient
+
+
+@task(name="prepare-cluster-dir", cache_policy=NONE)
+def prepare_cluster_dir(spec: ClusterSpec) -> None:
+    """Generate the cluster's secrets once (never logged; files mode 0600) and keep the spec."""
+    deploy.prepare_cluster_dir(spec)
+
+
+@task(name="configure-node", task_run_name="configure-{node.name}", cache_policy=NONE,
+      retries=2, retry_delay_seconds=5, retry_condition_fn=only_transient)
+def configure_node(spec: ClusterSpec, node: NodeSpec) -> float:
+    seconds = deploy.configure_node(deploy.Infra.open(spec), node)
+    get_run_logger().info("%s: running its machine config after %.1fs", node.name, seconds)
+    return seconds
+
+
+@task(name="bootstrap-etcd", cache_policy=NONE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=only_transient)
+def bootstrap_etcd(spec: ClusterSpec) -> str | None:
+    node = deploy.bootstrap_etcd(deploy.Infra.open(spec))
+    logger = get_run_logger()
+    if node:
+        logger.info("%s: etcd bootstrapped", node)
+    else:
+        logger.info("%s: etcd already bootstrapped; skipped", spec.name)
+    return node
+
+
+@task(name="write-client-configs", cache_policy=NONE)
+def write_client_configs(spec: ClusterSpec) -> list[str]:
+    paths = deploy.write_client_configs(deploy.Infra.open(spec))
+    get_run_logger().info("%s: talosconfig and kubeconfig written (mode 0600)", spec.name)
+    return paths

@@ -1,0 +1,18 @@
+"""Task: resolve and prepare the boot/installer image for the cluster."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from drover import deploy
+from drover.spec import ClusterSpec
+from tasks import only_transient
+
+
+@task(name="resolve-image", cache_policy=NONE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=only_transient)
+def resolve_image(spec: ClusterSpec) -> str:
+    image = deploy.resolve_image(deploy.Infra.open(spec))
+    get_run_logger().info("%s: image %s", spec.name, image)
+    return image

@@ -1,0 +1,21 @@
+"""Task: create one node and wait until its Talos API answers in maintenance mode."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from drover import deploy
+from drover.spec import ClusterSpec, NodeSpec
+from tasks import only_transient
+
+
+@task(name="provision-node", task_run_name="provision-{node.name}", cache_policy=NONE,
+      retries=3, retry_delay_seconds=5, retry_condition_fn=only_transient)
+def provision_node(spec: ClusterSpec, node: NodeSpec, image: str) -> float:
+    logger = get_run_logger()
+    logger.info("%s: creating (%s, %d CPU, %d MiB)", node.name, node.role, node.size.cpus,
+                node.size.memory_mib)
+    seconds = deploy.provision_node(deploy.Infra.open(spec), node, image)
+    logger.info("%s: in maintenance mode after %.1fs", node.name, seconds)
+    return seconds
