@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from drover.files import write_private
+
 if TYPE_CHECKING:
     from drover.spec import ClusterSpec
 
@@ -26,11 +28,8 @@ def cluster_dir(name: str) -> Path:
 
 def remember_spec(spec: ClusterSpec) -> Path:
     """Keep the deployed spec, so commands that name only the cluster can reopen it."""
-    path = cluster_dir(spec.name) / "cluster.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(spec.model_dump_json(by_alias=True, indent=2))
-    tmp.replace(path)
-    return path
+    return write_private(cluster_dir(spec.name) / "cluster.json",
+                         spec.model_dump_json(by_alias=True, indent=2))
 
 
 def remembered_spec(name: str) -> ClusterSpec | None:

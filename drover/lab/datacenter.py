@@ -24,7 +24,7 @@ from drover.errors import (AlreadyBootstrapped, NodeNotFound, NotInMaintenance, 
                            TransientError)
 from drover.lab.clock import Clock, SystemClock
 from drover.lab.profiles import Profile, load_profile
-from drover.lab.store import LabStore, VirtualClock
+from drover.lab.store import CommitThenRaise, LabStore, VirtualClock
 from drover.spec import ClusterSpec, LabFault, NodeSpec
 
 #: state -> (next state, profile step that sets how long the state lasts)
@@ -281,7 +281,8 @@ class Datacenter:
             if existing is not None:
                 return self._node(con, existing)
             if self._take_fault(con, "create-fails", node.name):
-                raise TransientError(f"{node.name}: lab: VM create failed (injected fault)")
+                raise CommitThenRaise(TransientError(
+                    f"{node.name}: lab: VM create failed (injected fault)"))
             con.execute("INSERT OR IGNORE INTO clusters (name) VALUES (?)", (self.cluster,))
             con.execute(
                 "INSERT INTO nodes (name, cluster, role, pool, state, since, due, address, image,"
@@ -317,8 +318,8 @@ class Datacenter:
     def _reachable(self, con: sqlite3.Connection, name: str) -> LabNode:
         node = self._get(con, name)
         if self._take_fault(con, "talos-api-errors", name):
-            raise TransientError(f"{name}: Talos API: rpc error: code = Unavailable "
-                                 "(injected fault)")
+            raise CommitThenRaise(TransientError(
+                f"{name}: Talos API: rpc error: code = Unavailable (injected fault)"))
         if node.state not in ("maintenance", "running"):
             raise TransientError(f"{name}: Talos API not reachable while the node is "
                                  f"{node.state}")

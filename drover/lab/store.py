@@ -46,6 +46,14 @@ CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 1), now REA
 """
 
 
+class CommitThenRaise(Exception):
+    """Raised inside a transaction: keep its writes (an injected fault spent), then raise."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class LabStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -75,6 +83,9 @@ class LabStore:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
+            except CommitThenRaise as exc:
+                con.execute("COMMIT")
+                raise exc.error from None
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
