@@ -27,7 +27,7 @@ app = typer.Typer(help="Deploy, upgrade, heal and replace Talos Kubernetes clust
 config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole, for grep and CI logs
 
 
 def _prefect_env() -> None:

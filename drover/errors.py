@@ -3,6 +3,7 @@
     DroverError
     ├── SpecError (ValueError)          the cluster YAML is invalid; carries every issue
     ├── NodeNotFound (KeyError)         a node the caller named does not exist
+    ├── ProviderError                   the infrastructure refused a request
     ├── TalosError                      the Talos API refused a request
     │   ├── NotInMaintenance            an insecure apply to a node past maintenance mode
     │   └── AlreadyBootstrapped         etcd was bootstrapped before (Talos: AlreadyExists)
@@ -34,6 +35,10 @@ class NodeNotFound(DroverError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "node not found"
+
+
+class ProviderError(DroverError):
+    """The infrastructure refused a request (a name already taken, no address left)."""
 
 
 class TalosError(DroverError):

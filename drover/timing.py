@@ -20,7 +20,7 @@ from drover.lab.clock import Clock
 
 def format_duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:

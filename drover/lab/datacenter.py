@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from drover.errors import (AlreadyBootstrapped, NodeNotFound, NotInMaintenance, TalosError,
-                           TransientError)
+from drover.errors import (AlreadyBootstrapped, NodeNotFound, NotInMaintenance, ProviderError,
+                           TalosError, TransientError)
 from drover.lab.clock import Clock, SystemClock
 from drover.lab.profiles import Profile, load_profile
 from drover.lab.store import CommitThenRaise, LabStore, VirtualClock
@@ -205,6 +205,9 @@ class Datacenter:
         if members and healthy < len(members) // 2 + 1:
             con.execute("UPDATE clusters SET quorum_lost_at=COALESCE(quorum_lost_at, ?), "
                         "api_up_at=NULL, api_due=NULL WHERE name=?", (at, self.cluster))
+            # no API server, so no kubelet can report: every node goes NotReady for good
+            con.execute("UPDATE nodes SET ready_at=NULL, ready_due=NULL WHERE cluster=?",
+                        (self.cluster,))
             self._event(con, at, None, "quorum-lost")
 
     def _cluster_row(self, con: sqlite3.Connection) -> sqlite3.Row | None:
@@ -278,6 +281,9 @@ class Datacenter:
         with self.store.transaction() as con:
             now = self._advance(con)
             existing = con.execute("SELECT * FROM nodes WHERE name=?", (node.name,)).fetchone()
+            if existing is not None and existing["cluster"] != self.cluster:
+                raise ProviderError(f"{node.name}: the name is taken by a node of cluster "
+                                    f"{existing['cluster']!r}; rename this cluster or pool")
             if existing is not None:
                 return self._node(con, existing)
             if self._take_fault(con, "create-fails", node.name):
@@ -299,7 +305,8 @@ class Datacenter:
         for host in list(self.network.hosts())[9:]:
             if str(host) not in used:
                 return str(host)
-        raise TalosError(f"lab network {self.network} has no free address left")
+        raise ProviderError(f"lab network {self.network} has no free address left; "
+                            "widen spec.provider.network")
 
     def delete(self, name: str) -> None:
         """Delete a VM; succeeds if it is already gone. A cluster with no VM left is forgotten."""
@@ -363,9 +370,12 @@ class Datacenter:
             self._event(con, now, name, "bootstrap")
 
     def kill(self, name: str) -> None:
-        """Make a node die now (power loss): used by tests and later fault drills."""
+        """Make a node die now, whatever it was doing (power loss): for tests and drills."""
         with self.store.transaction() as con:
             now = self._advance(con)
-            self._get(con, name)
-            con.execute("UPDATE nodes SET due=? WHERE name=? AND state='running'", (now, name))
-            self._advance(con)
+            if self._get(con, name).state == "dead":
+                return
+            con.execute("UPDATE nodes SET state='dead', since=?, due=NULL, join_due=NULL, "
+                        "ready_due=NULL, ready_at=NULL WHERE name=?", (now, name))
+            self._event(con, now, name, "dead")
+            self._check_quorum(con, now)

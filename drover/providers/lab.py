@@ -44,12 +44,12 @@ class LabProvider(Provider):
 
     def timing_scale(self) -> tuple[float, str]:
         profile = self.lab.profile
-        if not self.clock.real:
-            return 1.0, "virtual lab time (the lab's clock advanced without waiting)"
+        clock = "wall-clock time" if self.clock.real else "virtual time (no real waiting)"
         if profile.compression > 1:
             return profile.compression, (f"lab, {profile.name} profile compressed "
-                                         f"{profile.compression:g}x; durations scaled back up")
-        return 1.0, f"lab, {profile.name} profile, wall-clock time"
+                                         f"{profile.compression:g}x, {clock}; durations scaled "
+                                         "back up")
+        return 1.0, f"lab, {profile.name} profile, {clock}"
 
     def next_change_at(self) -> float | None:
         due = self.lab.next_change_at()
