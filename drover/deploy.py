@@ -8,7 +8,7 @@ needs. Waits sleep on the infrastructure's clock until its next change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from drover import retry
 from drover.errors import AlreadyBootstrapped, QuorumError, StageTimeout, TalosError
@@ -123,6 +123,7 @@ class Readiness:
     ready: list[str]
     waiting: list[str]
     health: ClusterHealth
+    ready_after: dict[str, float] = field(default_factory=dict)  # seconds into the wait
 
     @property
     def total(self) -> int:
@@ -146,9 +147,13 @@ def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda
     want_members = infra.spec.spec.control_plane.count
     timeout = infra.spec.spec.deployment.timeouts.health_seconds
     last: list[Readiness] = []  # the previous observation, to report only changes
+    started = infra.clock.now()
+    ready_after: dict[str, float] = {}
 
     def healthy() -> Readiness | None:
         state = readiness(infra)
+        for name in state.ready:
+            ready_after.setdefault(name, infra.clock.now() - started)
         if state.health.quorum_lost:
             raise QuorumError(f"{infra.spec.name}: etcd lost quorum; the cluster needs recovery")
         if not last or (last[-1].ready, last[-1].health) != (state.ready, state.health):
@@ -156,7 +161,7 @@ def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda
         last[:] = [state]
         ok = (state.health.api_up and not state.waiting
               and state.health.healthy_members() == len(state.health.members) == want_members)
-        return state if ok else None
+        return replace(state, ready_after=dict(ready_after)) if ok else None
 
     def timed_out() -> Exception:
         state = last[-1] if last else readiness(infra)

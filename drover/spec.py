@@ -7,7 +7,6 @@ drover runs on an invalid spec.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from pathlib import Path
@@ -18,11 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from drover.errors import SpecError
+from drover.validation import describe_errors
 
 API_VERSION = "drover/v1alpha1"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 VERSION = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
 K8S_VERSION = r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
+
+
+PATTERN_HINTS = {
+    DNS_LABEL: "must be lowercase letters, digits and '-' (a DNS label, e.g. lab-1)",
+    VERSION: "must be a Talos version like v1.13.9",
+    K8S_VERSION: "must be a Kubernetes version like 1.36.3",
+}
 
 
 class Model(BaseModel):
@@ -250,62 +257,6 @@ class ClusterSpec(Model):
         return parse_spec(data, source="overrides")
 
 
-def _field_names(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the mapping at `loc` (for 'did you mean')."""
-    model: Any = ClusterSpec
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        fields = {f.alias or n: f for n, f in model.model_fields.items()}
-        if part not in fields:
-            return None
-        ann = fields[part].annotation
-        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
-        candidates = [ann, *args]
-        model = next((c for c in candidates if isinstance(c, type)
-                      and issubclass(c, BaseModel)), None)
-        if model is None and part == "provider":
-            model = LabProvider
-    return model
-
-
-PATTERN_HINTS = {
-    DNS_LABEL: "must be lowercase letters, digits and '-' (a DNS label, e.g. lab-1)",
-    VERSION: "must be a Talos version like v1.13.9",
-    K8S_VERSION: "must be a Kubernetes version like 1.36.3",
-}
-
-
-def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p == "lab"))
-    path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
-    path = path.replace(".[", "[") or "(top level)"
-    kind, msg = error["type"], error["msg"]
-    if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        hint = ""
-        if owner is not None:
-            close = difflib.get_close_matches(str(loc[-1]), _field_names(owner), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else (
-                f"; allowed: {', '.join(_field_names(owner))}")
-        return f"{path}: unknown field{hint}"
-    if kind == "missing":
-        return f"{path}: required field is missing"
-    if kind == "union_tag_invalid" or kind == "literal_error":
-        return f"{path}: {msg}"
-    if kind == "string_pattern_mismatch":
-        msg = PATTERN_HINTS.get(error.get("ctx", {}).get("pattern", ""), msg)
-    msg = msg.removeprefix("Value error, ")
-    got = error.get("input")
-    if kind not in ("value_error",) and not isinstance(got, (dict, list)):
-        msg = f"{msg}, got {got!r}"
-    return f"{path}: {msg}"
-
-
 def parse_spec(data: Any, source: str = "<config>") -> ClusterSpec:
     """Validate already-parsed YAML; raise SpecError listing every problem."""
     if not isinstance(data, dict):
@@ -317,7 +268,7 @@ def parse_spec(data: Any, source: str = "<config>") -> ClusterSpec:
     try:
         return ClusterSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [_describe(e) for e in exc.errors()]) from None
+        raise SpecError(source, describe_errors(exc, ClusterSpec, PATTERN_HINTS)) from None
 
 
 def load_spec(path: str | Path) -> ClusterSpec:

@@ -68,8 +68,8 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
         with timer.stage("bootstrap"):
             if plan.bootstrap:
                 bootstrap_etcd(spec)
-        with timer.stage("health"):
-            wait_healthy(spec)
+        with timer.stage("health") as stage:
+            timer.nodes(stage, wait_healthy(spec))
         write_client_configs(spec)
     except Exception:
         publish_timing(timer.finish("failed"))

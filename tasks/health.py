@@ -11,8 +11,11 @@ from drover.spec import ClusterSpec
 
 
 @task(name="wait-healthy", cache_policy=NONE)
-def wait_healthy(spec: ClusterSpec) -> int:
-    """Wait until etcd is full and healthy, the API answers and every node is Ready."""
+def wait_healthy(spec: ClusterSpec) -> dict[str, float]:
+    """Wait until etcd is full and healthy, the API answers and every node is Ready.
+
+    Returns how many seconds into the wait each node was first seen Ready.
+    """
     logger = get_run_logger()
     total = len(spec.declared_nodes())
     progress = create_progress_artifact(0.0, key=f"deploy-{spec.name}-progress",
@@ -26,4 +29,4 @@ def wait_healthy(spec: ClusterSpec) -> int:
 
     state = deploy.wait_healthy(deploy.Infra.open(spec), report)
     update_progress_artifact(progress, 100.0)
-    return len(state.ready)
+    return state.ready_after

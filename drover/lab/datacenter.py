@@ -13,16 +13,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import random
-import re
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from drover.errors import (AlreadyBootstrapped, NodeNotFound, NotInMaintenance, ProviderError,
                            TalosError, TransientError)
 from drover.lab.clock import Clock, SystemClock
+from drover.lab.model import LabCluster, LabNode, installed_version
 from drover.lab.profiles import Profile, load_profile
 from drover.lab.store import CommitThenRaise, LabStore, VirtualClock
 from drover.spec import ClusterSpec, LabFault, NodeSpec
@@ -35,41 +32,6 @@ LIFECYCLE = {
     "rebooting": ("running", "reboot"),
 }
 ALIVE = ("running",)
-
-
-@dataclass(frozen=True)
-class LabNode:
-    name: str
-    cluster: str
-    role: str
-    pool: str
-    state: str
-    since: float
-    address: str
-    talos_version: str | None
-    config_hash: str | None
-    ready: bool
-    etcd_member: bool
-
-
-@dataclass(frozen=True)
-class LabCluster:
-    name: str
-    bootstrapped: bool
-    bootstraps: int
-    api_up: bool
-    quorum_lost: bool
-    etcd_members: list[tuple[str, str, bool]]  # (node, member id, healthy)
-
-
-def installed_version(config: str) -> str | None:
-    """The Talos version a machine config installs: the tag of machine.install.image."""
-    for doc in yaml.safe_load_all(config):
-        if isinstance(doc, dict) and doc.get("version") == "v1alpha1":
-            image = (doc.get("machine") or {}).get("install", {}).get("image", "")
-            match = re.search(r":(v\d+\.\d+\.\d+[^@]*)$", image)
-            return match.group(1) if match else None
-    return None
 
 
 class Datacenter:

@@ -8,11 +8,11 @@ branch on which backend they drive.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from drover.lab.clock import Clock
-from drover.spec import ClusterSpec, NodeSpec
+from drover.registry import Registry
+from drover.spec import NodeSpec
 
 
 @dataclass(frozen=True)
@@ -62,21 +62,7 @@ class Provider(ABC):
         return None
 
 
-ProviderFactory = Callable[[ClusterSpec], Provider]
-PROVIDERS: dict[str, ProviderFactory] = {}
-
-
-def register(kind: str) -> Callable[[ProviderFactory], ProviderFactory]:
-    def add(factory: ProviderFactory) -> ProviderFactory:
-        PROVIDERS[kind] = factory
-        return factory
-    return add
-
-
-def open_provider(spec: ClusterSpec) -> Provider:
-    kind = spec.spec.provider.kind
-    try:
-        return PROVIDERS[kind](spec)
-    except KeyError:
-        raise ValueError(f"spec.provider.kind: no provider {kind!r}; "
-                         f"known: {', '.join(sorted(PROVIDERS))}") from None
+PROVIDERS: Registry[Provider] = Registry("provider", "spec.provider.kind",
+                                        lambda spec: spec.spec.provider.kind)
+register = PROVIDERS.register
+open_provider = PROVIDERS.open

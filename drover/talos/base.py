@@ -6,11 +6,10 @@ Backends: the lab's emulation (drover/talos/lab.py) and, later, talosctl.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from drover.providers.base import Node
-from drover.spec import ClusterSpec
+from drover.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -57,21 +56,7 @@ class TalosAPI(ABC):
     def cluster_health(self) -> ClusterHealth: ...
 
 
-TalosFactory = Callable[[ClusterSpec], TalosAPI]
-TALOS_BACKENDS: dict[str, TalosFactory] = {}
-
-
-def register(name: str) -> Callable[[TalosFactory], TalosFactory]:
-    def add(factory: TalosFactory) -> TalosFactory:
-        TALOS_BACKENDS[name] = factory
-        return factory
-    return add
-
-
-def open_talos(spec: ClusterSpec) -> TalosAPI:
-    name = spec.spec.talos.api
-    try:
-        return TALOS_BACKENDS[name](spec)
-    except KeyError:
-        raise ValueError(f"spec.talos.api: no Talos backend {name!r}; "
-                         f"known: {', '.join(sorted(TALOS_BACKENDS))}") from None
+TALOS_BACKENDS: Registry[TalosAPI] = Registry("Talos backend", "spec.talos.api",
+                                              lambda spec: spec.spec.talos.api)
+register = TALOS_BACKENDS.register
+open_talos = TALOS_BACKENDS.open

@@ -209,6 +209,14 @@ def test_wait_healthy_reports_progress_as_nodes_get_ready(infra):
     assert all(r.total == 5 for r in reports)
 
 
+def test_wait_healthy_says_how_long_into_the_wait_each_node_got_ready(infra):
+    final = deploy(infra)
+
+    assert sorted(final.ready_after) == sorted(final.ready)
+    assert all(seconds >= 0 for seconds in final.ready_after.values())
+    assert len(set(final.ready_after.values())) > 1  # the demo profile's jitter spreads them
+
+
 def test_wait_healthy_times_out_naming_a_node_still_waiting(make_spec, infra_for):
     spec = make_spec(control_planes=1, workers=1,
                      faults=[{"type": "never-boots", "node": "lab-worker-1"}],

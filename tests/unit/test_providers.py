@@ -73,7 +73,7 @@ def test_backends_opened_separately_share_the_lab_under_drover_home(make_spec):
 
 
 def test_unknown_provider_kind_is_rejected_naming_the_field(make_spec, monkeypatch):
-    monkeypatch.delitem(PROVIDERS, "lab")
+    monkeypatch.delitem(PROVIDERS.factories, "lab")
 
     with pytest.raises(ValueError, match=r"^spec\.provider\.kind: no provider 'lab'"):
         open_provider(make_spec())
