@@ -18,4 +18,5 @@ deploy: install
 	$(VENV)/bin/drover deploy configs/lab.yaml
 
 test: install
+	$(VENV)/bin/ruff check drover flows tasks tests bench
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,13 +56,15 @@ def _timing_table(result: dict[str, Any]) -> Table:
     return table
 
 
+Version = Annotated[str | None, typer.Option(help="override the version in the config")]
+
+
 @app.command()
 def deploy(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. configs/lab.yaml")],
            dry_run: Annotated[bool, typer.Option(help="print the plan, change nothing")] = False,
-           talos_version: Annotated[str | None, typer.Option(help="override the Talos version")] = None,
-           kubernetes_version: Annotated[str | None, typer.Option()] = None,
-           keep_on_failure: Annotated[bool, typer.Option(help="keep nodes if a fresh deploy fails")] = False,
-           ) -> None:
+           talos_version: Version = None, kubernetes_version: Version = None,
+           keep_on_failure: Annotated[bool, typer.Option(
+               help="keep the nodes if a fresh deploy fails")] = False) -> None:
     """Deploy the cluster CONFIG declares, or finish a deploy that stopped part-way."""
     try:
         load_spec(config)  # every config error before Prefect starts
@@ -149,10 +152,10 @@ def report(cluster: str, flow: Annotated[str, typer.Option(help="deploy, upgrade
     table = Table(title=f"{flow} {cluster}: {len(runs)} run(s)", title_justify="left")
     for column in ("started", "outcome", "total", "verdict"):
         table.add_column(column)
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     for run in runs:
-        started = datetime.fromtimestamp(run.started, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        started = datetime.fromtimestamp(run.started, UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(started, run.outcome, format_duration(run.total), run.verdict())
     out.print(table)
     done = [r.total for r in runs if r.outcome == "completed"]

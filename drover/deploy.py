@@ -14,8 +14,13 @@ from drover import retry
 from drover.errors import AlreadyBootstrapped, QuorumError, StageTimeout, TalosError
 from drover.home import cluster_dir, remember_spec
 from drover.lab.clock import Clock
-from drover.machineconfig import (installer_image, load_or_create_secrets, render_node_yaml,
-                                  write_kubeconfig, write_talosconfig)
+from drover.machineconfig import (
+    installer_image,
+    load_or_create_secrets,
+    render_node_yaml,
+    write_kubeconfig,
+    write_talosconfig,
+)
 from drover.plan import Observed, ObservedNode
 from drover.providers import Node, Provider, open_provider
 from drover.spec import ClusterSpec, NodeSpec

@@ -7,11 +7,19 @@ retries (whole steps) never multiply with these.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
-from tenacity import (RetryCallState, Retrying, retry_if_exception_type, retry_if_result,
-                      stop_after_attempt, wait_exponential, wait_random)
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from drover.errors import RetriesExhausted, TransientError
 from drover.lab.clock import Clock
@@ -50,10 +58,18 @@ def poll_until(check: Callable[[], T | None], *, clock: Clock, timeout: float,
     `interval` when the backend cannot tell, never past the deadline.
     """
     deadline = clock.now() + timeout
+    idle = [False]  # whether the last wait found nothing scheduled
 
     def wait(_: RetryCallState) -> float:
         now = clock.now()
         upcoming = next_change()
+        if upcoming == math.inf and not idle[0]:
+            # Nothing scheduled now, but a parallel reader may have applied the change we
+            # waited for between our check and this question: look once more before
+            # waiting out the deadline.
+            idle[0] = True
+            return 0.0
+        idle[0] = False
         target = now + interval if upcoming is None else upcoming
         return max(0.0, min(target, deadline) - now)
 

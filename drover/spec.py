@@ -55,9 +55,7 @@ class Schematic(Model):
 
 class TalosSettings(Model):
     version: Annotated[str, Field(pattern=VERSION, description="Talos version, e.g. v1.13.9")]
-    api: Literal["lab", "talosctl"] = Field(
-        "lab", description="how drover reaches the Talos API: the lab emulation or talosctl"
-    )
+    api: Literal["lab"] = Field("lab", description="how drover reaches the Talos API")
     schematic: Schematic = Field(default_factory=Schematic)
     install_disk: str = Field("/dev/vda", description="disk Talos installs to")
     image_factory: str = Field("https://factory.talos.dev", description="Image Factory base URL")

@@ -73,11 +73,13 @@ class RunTiming:
 
     def rows(self) -> list[dict[str, str]]:
         """One row per stage, for the table artifact and the terminal."""
+        def slowest(s: StageTiming) -> str:
+            if not s.slowest_node or s.slowest_seconds is None:
+                return "-"
+            return f"{s.slowest_node} ({format_duration(s.slowest_seconds * self.scale)})"
+
         rows = [{"stage": s.name, "duration": format_duration(s.seconds * self.scale),
-                 "nodes": str(s.nodes or "-"),
-                 "slowest node": (f"{s.slowest_node} ({format_duration(s.slowest_seconds * self.scale)})"
-                                  if s.slowest_node and s.slowest_seconds is not None else "-")}
-                for s in self.stages]
+                 "nodes": str(s.nodes or "-"), "slowest node": slowest(s)} for s in self.stages]
         rows.append({"stage": "total", "duration": format_duration(self.total), "nodes": "",
                      "slowest node": ""})
         return rows
@@ -93,8 +95,9 @@ class RunTiming:
 
 def verdict(total: float, target: float, baseline: float) -> str:
     """E.g. '7m41s — within the 10m target; 5.9x faster than the 45m baseline'."""
-    within = (f"within the {format_duration(target)} target" if total <= target
-              else f"over the {format_duration(target)} target by {format_duration(total - target)}")
+    goal = format_duration(target)
+    within = (f"within the {goal} target" if total <= target
+              else f"over the {goal} target by {format_duration(total - target)}")
     if total <= 0:
         against = f"the {format_duration(baseline)} baseline does not apply to an instant run"
     elif total < baseline:

@@ -12,9 +12,13 @@ from drover.deploy import Infra
 from drover.plan import plan_deploy
 from drover.spec import load_spec
 from drover.timing import RunTiming, StageTimer
-from flows import gather
-from tasks.configure import (bootstrap_etcd, configure_node, prepare_cluster_dir,
-                             write_client_configs)
+from flows import run_parallel
+from tasks.configure import (
+    bootstrap_etcd,
+    configure_node,
+    prepare_cluster_dir,
+    write_client_configs,
+)
 from tasks.health import wait_healthy
 from tasks.image import resolve_image
 from tasks.nodes import delete_nodes, observe_cluster
@@ -60,11 +64,13 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
         with timer.stage("image"):
             image = resolve_image(spec)
         with timer.stage("provision") as stage:
-            timer.nodes(stage, gather({n.name: provision_node.with_options(**retrying).submit(
-                spec, n, image) for n in plan.create}))
+            timer.nodes(stage, run_parallel(provision_node.with_options(**retrying), {
+                n.name: {"spec": spec, "node": n, "image": image} for n in plan.create},
+                settings.max_parallel))
         with timer.stage("configure") as stage:
-            timer.nodes(stage, gather({n.name: configure_node.with_options(**retrying).submit(
-                spec, n) for n in plan.configure}))
+            timer.nodes(stage, run_parallel(configure_node.with_options(**retrying), {
+                n.name: {"spec": spec, "node": n} for n in plan.configure},
+                settings.max_parallel))
         with timer.stage("bootstrap"):
             if plan.bootstrap:
                 bootstrap_etcd(spec)

@@ -16,8 +16,14 @@ import random
 import sqlite3
 from pathlib import Path
 
-from drover.errors import (AlreadyBootstrapped, NodeNotFound, NotInMaintenance, ProviderError,
-                           TalosError, TransientError)
+from drover.errors import (
+    AlreadyBootstrapped,
+    NodeNotFound,
+    NotInMaintenance,
+    ProviderError,
+    TalosError,
+    TransientError,
+)
 from drover.lab.clock import Clock, SystemClock
 from drover.lab.model import LabCluster, LabNode, installed_version
 from drover.lab.profiles import Profile, load_profile
@@ -224,7 +230,8 @@ class Datacenter:
             lost = bool(cl and cl["quorum_lost_at"] is not None)
             return LabCluster(
                 self.cluster, bool(cl and cl["bootstrapped_at"] is not None),
-                cl["bootstraps"] if cl else 0, bool(cl and cl["api_up_at"] is not None) and not lost,
+                cl["bootstraps"] if cl else 0,
+                bool(cl and cl["api_up_at"] is not None) and not lost,
                 lost, [(m["node"], m["member_id"], m["state"] in ALIVE) for m in members])
 
     def events(self) -> list[tuple[float, str | None, str]]:

@@ -55,5 +55,6 @@ __all__ = [
     "to_yaml",
     "write_kubeconfig",
     "write_private",
+    "write_rendered",
     "write_talosconfig",
 ]

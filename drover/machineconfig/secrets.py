@@ -69,7 +69,7 @@ class SecretsBundle:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _b64(data: bytes) -> str:

@@ -37,12 +37,13 @@ class Server:
     def run(self, *args: str, cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
         """Run the prefect CLI against this server; fail the test with its output if it fails."""
         result = subprocess.run([*PREFECT, *args], cwd=cwd, env={**self.env, **env},
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, (
+            f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
         return result
 
 
-def wait_for(predicate, timeout: float, what: str, step: float = 0.25):  # noqa: ANN001
+def wait_for(predicate, timeout: float, what: str, step: float = 0.25):
     """Poll a real service until `predicate()` is truthy (real processes: no clock to inject)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,8 +10,18 @@ import time
 
 import pytest
 
-from drover.deploy import (Infra, Readiness, bootstrap_etcd, configure_node, destroy, observe,
-                           prepare_cluster_dir, provision_node, resolve_image, wait_healthy)
+from drover.deploy import (
+    Infra,
+    Readiness,
+    bootstrap_etcd,
+    configure_node,
+    destroy,
+    observe,
+    prepare_cluster_dir,
+    provision_node,
+    resolve_image,
+    wait_healthy,
+)
 from drover.errors import StageTimeout, TalosError
 from drover.home import cluster_dir, remembered_spec
 from drover.lab.datacenter import Datacenter

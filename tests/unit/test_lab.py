@@ -11,8 +11,14 @@ import random
 
 import pytest
 
-from drover.errors import (AlreadyBootstrapped, NodeNotFound, NotInMaintenance,
-                           ProviderError, TalosError, TransientError)
+from drover.errors import (
+    AlreadyBootstrapped,
+    NodeNotFound,
+    NotInMaintenance,
+    ProviderError,
+    TalosError,
+    TransientError,
+)
 from drover.lab import profiles
 from drover.lab.clock import ManualClock
 from drover.lab.datacenter import Datacenter, installed_version
@@ -510,7 +516,7 @@ def test_addresses_are_unique_across_clusters_and_skip_the_reserved_range(make_s
     clock = ManualClock()
     specs = [make_spec(name="alpha"), make_spec(name="beta")]
     labs = [lab(spec, clock) for spec in specs]
-    for dc, spec in zip(labs, specs):
+    for dc, spec in zip(labs, specs, strict=True):
         create_all(dc, spec)
 
     addresses = [ipaddress.ip_address(n.address) for dc in labs for n in dc.nodes()]

@@ -13,6 +13,7 @@ from drover.providers import PROVIDERS, Node, Provider, open_provider
 from drover.providers.lab import LabProvider
 from drover.spec import parse_spec
 from drover.talos import ClusterHealth, EtcdMember, MachineStatus, TalosAPI, open_talos
+from drover.talos.base import TALOS_BACKENDS
 from drover.talos.lab import LabTalos
 
 IMAGE = "factory.talos.dev/metal-installer/abc123:v1.13.9"
@@ -79,12 +80,18 @@ def test_unknown_provider_kind_is_rejected_naming_the_field(make_spec, monkeypat
         open_provider(make_spec())
 
 
-def test_unregistered_talos_backend_is_rejected_naming_the_field_and_the_known_ones(make_spec):
-    spec = make_spec(talos_api="talosctl")  # valid in the spec, no backend registered yet
+def test_unregistered_talos_backend_is_rejected_naming_the_field_and_the_known_ones(
+        make_spec, monkeypatch):
+    monkeypatch.delitem(TALOS_BACKENDS.factories, "lab")
 
-    with pytest.raises(ValueError, match=r"^spec\.talos\.api: no Talos backend 'talosctl'; "
-                                         r"known: lab$"):
-        open_talos(spec)
+    with pytest.raises(ValueError, match=r"^spec\.talos\.api: no Talos backend 'lab'; "
+                                         r"known: $"):
+        open_talos(make_spec())
+
+
+def test_a_talos_api_drover_does_not_have_yet_fails_validation(make_spec):
+    with pytest.raises(SpecError, match=r"spec\.talos\.api: Input should be 'lab'"):
+        make_spec(talos_api="talosctl")
 
 
 def test_spec_with_an_unknown_provider_kind_fails_validation_at_spec_provider(make_spec):

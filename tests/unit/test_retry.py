@@ -136,14 +136,31 @@ def test_poll_until_takes_a_result_that_arrives_exactly_at_the_deadline(clock):
     assert clock.now() == 1030.0
 
 
-def test_poll_until_with_nothing_due_jumps_straight_to_the_deadline(clock):
+def test_poll_until_with_nothing_due_looks_once_more_then_jumps_to_the_deadline(clock):
     calls = []
 
     with pytest.raises(Never):
         poll_until(lambda: calls.append(clock.now()), clock=clock, timeout=900,
                    on_timeout=Never, next_change=lambda: math.inf, interval=1)
 
-    assert calls == [1000.0, 1900.0]
+    assert calls == [1000.0, 1000.0, 1900.0]
+
+
+def test_poll_until_sees_a_change_applied_between_its_check_and_its_wait(clock):
+    """Another reader applied the awaited change after our check: nothing is due any more,
+    but the condition now holds, so the poll ends at once instead of at the deadline."""
+    state = {"applied": False}
+
+    def check() -> str | None:
+        return "done" if state["applied"] else None
+
+    def next_change() -> float:
+        state["applied"] = True  # the parallel reader got there first
+        return math.inf
+
+    assert poll_until(check, clock=clock, timeout=900, on_timeout=Never,
+                      next_change=next_change) == "done"
+    assert clock.now() == 1000.0
 
 
 def test_poll_until_waits_interval_when_next_change_is_unknown(clock):

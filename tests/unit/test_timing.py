@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from drover.lab.clock import ManualClock
-from drover.timing import (History, RunTiming, StageTimer, StageTiming, format_duration,
-                           percentile, verdict)
+from drover.timing import (
+    History,
+    RunTiming,
+    StageTimer,
+    StageTiming,
+    format_duration,
+    percentile,
+    verdict,
+)
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -88,10 +95,9 @@ def test_stage_is_recorded_even_when_it_fails():
     clock = ManualClock(start=0.0)
     timer = StageTimer(RunTiming("lab", "deploy", 0.0), clock)
 
-    with pytest.raises(RuntimeError):
-        with timer.stage("health"):
-            clock.advance(12)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), timer.stage("health"):
+        clock.advance(12)
+        raise RuntimeError("boom")
     run = timer.finish("failed")
 
     assert [(s.name, s.seconds) for s in run.stages] == [("health", 12.0)]
