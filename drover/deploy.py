@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from drover import retry
-from drover.errors import AlreadyBootstrapped, QuorumError, StageTimeout, TalosError
+from drover.errors import AlreadyBootstrapped, NodeFailed, QuorumError, StageTimeout, TalosError
 from drover.home import cluster_dir, remember_spec
 from drover.lab.clock import Clock
 from drover.machineconfig import (
@@ -157,6 +157,10 @@ def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda
 
     def healthy() -> Readiness | None:
         state = readiness(infra)
+        dead = [n.name for n in infra.provider.list_nodes() if n.state == "dead"]
+        if dead:  # no wait brings these back; replacing them is a day-2 job
+            raise NodeFailed(f"{dead[0]}: health: the node is dead ({len(dead)} dead in all: "
+                             f"{', '.join(dead)}); replace it, or destroy and redeploy")
         for name in state.ready:
             ready_after.setdefault(name, infra.clock.now() - started)
         if state.health.quorum_lost:

@@ -9,6 +9,7 @@
     │   └── AlreadyBootstrapped         etcd was bootstrapped before (Talos: AlreadyExists)
     ├── QuorumError                     an operation would lose (or has lost) etcd quorum
     ├── StageTimeout (TimeoutError)     a wait ran out; names the node and the stage
+    ├── NodeFailed                      a node died; no wait brings it back
     ├── RetriesExhausted                a call kept failing transiently; no further retry
     └── TransientError                  worth retrying: a flaky API, a failed create
 """
@@ -64,6 +65,10 @@ class StageTimeout(DroverError, TimeoutError):
         self.stage = stage
         self.node = node
         super().__init__(f"{node}: {stage}: {detail}")
+
+
+class NodeFailed(DroverError):
+    """A node died (power loss, crashed VM): no wait brings it back, only a replacement."""
 
 
 class RetriesExhausted(DroverError):

@@ -15,6 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -65,9 +67,9 @@ def test_transient_create_failure_is_retried_and_the_deploy_succeeds(tmp_path: P
     lab = lab_of(config)
     assert len(lab.nodes()) == 5 and all(n.ready for n in lab.nodes())
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs()
-    provision = [r for r in runs if r.name == "provision-t-worker-1"
-                 and r.flow_run_id == state.state_details.flow_run_id]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    provision = [r for r in runs if r.name == "provision-t-worker-1"]
     assert len(provision) == 1 and provision[0].run_count == 3  # two failures, one success
 
 

@@ -22,7 +22,7 @@ from drover.deploy import (
     resolve_image,
     wait_healthy,
 )
-from drover.errors import StageTimeout, TalosError
+from drover.errors import NodeFailed, StageTimeout, TalosError
 from drover.home import cluster_dir, remembered_spec
 from drover.lab.datacenter import Datacenter
 from drover.machineconfig import SecretsBundle, generate_secrets, to_yaml
@@ -244,6 +244,25 @@ def test_wait_healthy_times_out_naming_a_node_still_waiting(make_spec, infra_for
     assert (err.value.stage, err.value.node) == ("health", "lab-worker-1")
     assert "1/2 nodes Ready, etcd 1/1 members, API up; waiting for lab-worker-1" in str(
         err.value)
+
+
+def test_wait_healthy_fails_at_once_on_a_dead_node_instead_of_waiting_out_its_timeout(
+        make_spec, infra_for):
+    spec = make_spec(control_planes=1, workers=1)
+    infra = infra_for(spec)
+    image = resolve_image(infra)
+    prepare_cluster_dir(spec)
+    for node in spec.declared_nodes():
+        provision_node(infra, node, image)
+        configure_node(infra, node)
+    bootstrap_etcd(infra)
+    infra.provider.lab.kill("lab-worker-1")
+    started = infra.clock.now()
+
+    with pytest.raises(NodeFailed, match=r"^lab-worker-1: health: the node is dead"):
+        wait_healthy(infra)
+
+    assert infra.clock.now() - started < spec.spec.deployment.timeouts.health_seconds
 
 
 def test_observe_reflects_the_lab_and_feeds_the_plan(infra):
