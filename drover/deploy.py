@@ -21,7 +21,7 @@ from drover.machineconfig import (
     write_kubeconfig,
     write_talosconfig,
 )
-from drover.plan import Observed, ObservedNode
+from drover.plan import Observed, ObservedNode, missing_nodes
 from drover.providers import Node, Provider, open_provider
 from drover.spec import ClusterSpec, NodeSpec
 from drover.talos import ClusterHealth, TalosAPI, open_talos
@@ -55,7 +55,8 @@ def observe(infra: Infra) -> Observed:
     nodes = {}
     for node in infra.provider.list_nodes():
         status = infra.talos.machine_status(node)
-        nodes[node.name] = ObservedNode(node.name, node.role, status.stage, status.configured,
+        nodes[node.name] = ObservedNode(node.name, node.role, node.pool, status.stage,
+                                        status.configured,
                                         status.ready, node.address, status.talos_version)
     return Observed(nodes, infra.talos.cluster_health().bootstrapped)
 
@@ -138,11 +139,13 @@ class Readiness:
 def readiness(infra: Infra) -> Readiness:
     health = infra.talos.cluster_health()
     ready, waiting = [], []
-    declared = {n.name for n in infra.spec.declared_nodes()}
+    have: dict[str, list[str]] = {p.name: [] for p in infra.spec.pools()}
     for node in infra.provider.list_nodes():
-        if node.name in declared:
+        if node.pool in have:
+            have[node.pool].append(node.name)
             (ready if infra.talos.machine_status(node).ready else waiting).append(node.name)
-    waiting += sorted(declared - set(ready) - set(waiting))
+    for pool, names in have.items():
+        waiting += [n.name for n in missing_nodes(infra.spec, pool, names)]
     return Readiness(sorted(ready), sorted(waiting), health)
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from drover.spec import NodeSpec
+from drover.spec import ClusterSpec, NodeSpec, split_node_name
 
 
 @dataclass(frozen=True)
 class ObservedNode:
     name: str
     role: str
+    pool: str
     stage: str          # the Talos lifecycle stage, e.g. maintenance or running
     configured: bool
     ready: bool
@@ -38,7 +39,7 @@ class DeployPlan:
     configure: list[NodeSpec] = field(default_factory=list)
     bootstrap: bool = False
     fresh: bool = False                                   # nothing existed before this run
-    unexpected: list[str] = field(default_factory=list)   # exist but are not declared
+    unexpected: list[str] = field(default_factory=list)   # beyond what the spec declares
 
     @property
     def empty(self) -> bool:
@@ -49,21 +50,37 @@ class DeployPlan:
         lines += [f"{cluster}: push machine config to {n.name}" for n in self.configure]
         if self.bootstrap:
             lines.append(f"{cluster}: bootstrap etcd on the first control plane")
-        lines += [f"{cluster}: leave {name} alone: it exists but is not declared"
+        lines += [f"{cluster}: leave {name} alone: beyond what the spec declares"
                   for name in self.unexpected]
         return lines or [f"{cluster}: nothing to do: every declared node exists and is configured"]
 
 
-def plan_deploy(declared: list[NodeSpec], observed: Observed) -> DeployPlan:
-    """What a deploy must do so that every declared node exists, is configured and joined."""
-    names = {n.name for n in declared}
-    create = [n for n in declared if n.name not in observed.nodes]
-    configure = [n for n in declared
-                 if n.name not in observed.nodes or not observed.nodes[n.name].configured]
-    return DeployPlan(
-        create=create,
-        configure=configure,
-        bootstrap=not observed.bootstrapped,
-        fresh=observed.empty,
-        unexpected=sorted(set(observed.nodes) - names),
-    )
+def plan_deploy(spec: ClusterSpec, observed: Observed) -> DeployPlan:
+    """What a deploy must do so that each pool has its count of configured, joined nodes.
+
+    Pools are counted, not names matched: a replaced node's successor has a fresh
+    number and still counts. Missing nodes take the lowest free numbers.
+    """
+    create: list[NodeSpec] = []
+    configure: list[NodeSpec] = []
+    unexpected: list[str] = []
+    pools = {p.name for p in spec.pools()}
+    for pool in spec.pools():
+        existing = sorted((n for n in observed.nodes.values() if n.pool == pool.name),
+                          key=lambda n: split_node_name(spec.name, n.name)[1])
+        new = missing_nodes(spec, pool.name, [n.name for n in existing])
+        create += new
+        configure += [spec.node_named(n.name) for n in existing[:pool.count]
+                      if not n.configured] + new
+        unexpected += [n.name for n in existing[pool.count:]]
+    unexpected += [n.name for n in observed.nodes.values() if n.pool not in pools]
+    return DeployPlan(create=create, configure=configure, bootstrap=not observed.bootstrapped,
+                      fresh=observed.empty, unexpected=sorted(unexpected))
+
+
+def missing_nodes(spec: ClusterSpec, pool: str, existing: list[str]) -> list[NodeSpec]:
+    """The nodes `pool` lacks to reach its count, numbered with the lowest free numbers."""
+    count = next(p.count for p in spec.pools() if p.name == pool)
+    used = {split_node_name(spec.name, name)[1] for name in existing}
+    free = (i for i in range(1, count + len(used) + 1) if i not in used)
+    return [spec.node(pool, next(free)) for _ in range(count - len(existing))]

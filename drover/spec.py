@@ -218,6 +218,22 @@ class NodeSpec(Model):
     size: NodeSize
 
 
+class Pool(Model):
+    name: str
+    role: Literal["controlplane", "worker"]
+    count: int
+    size: NodeSize
+
+
+def split_node_name(cluster: str, name: str) -> tuple[str, int]:
+    """`<cluster>-<pool>-<n>` → (pool, n)."""
+    head, _, number = name.rpartition("-")
+    if not head.startswith(f"{cluster}-") or not number.isdigit():
+        raise ValueError(f"{name}: not a node name of cluster {cluster!r} "
+                         f"(expected {cluster}-<pool>-<n>)")
+    return head[len(cluster) + 1:], int(number)
+
+
 class ClusterSpec(Model):
     api_version: Literal["drover/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["Cluster"]
@@ -228,21 +244,37 @@ class ClusterSpec(Model):
     def name(self) -> str:
         return self.metadata.name
 
-    def declared_nodes(self) -> list[NodeSpec]:
-        """Every node the spec declares, control planes first, in a stable order."""
+    def pools(self) -> list[Pool]:
+        """The node pools: control planes (pool 'cp') first, then each worker pool."""
         body = self.spec
-        nodes = [
-            NodeSpec(name=f"{self.name}-cp-{i}", role="controlplane", pool="cp",
-                     size=body.control_plane.size)
-            for i in range(1, body.control_plane.count + 1)
-        ]
-        for pool in body.workers:
-            nodes += [
-                NodeSpec(name=f"{self.name}-{pool.name}-{i}", role="worker", pool=pool.name,
-                         size=pool.size)
-                for i in range(1, pool.count + 1)
-            ]
-        return nodes
+        return [Pool(name="cp", role="controlplane", count=body.control_plane.count,
+                     size=body.control_plane.size),
+                *(Pool(name=p.name, role="worker", count=p.count, size=p.size)
+                  for p in body.workers)]
+
+    def node(self, pool: str, index: int) -> NodeSpec:
+        """The node of `pool` numbered `index`: `<cluster>-<pool>-<index>`."""
+        found = next((p for p in self.pools() if p.name == pool), None)
+        if found is None:
+            raise KeyError(f"{self.name}: no node pool {pool!r}")
+        return NodeSpec(name=f"{self.name}-{pool}-{index}", role=found.role, pool=pool,
+                        size=found.size)
+
+    def node_named(self, name: str) -> NodeSpec:
+        """The NodeSpec of an existing node, from its name."""
+        pool, index = split_node_name(self.name, name)
+        return self.node(pool, index)
+
+    @property
+    def node_count(self) -> int:
+        return sum(p.count for p in self.pools())
+
+    def declared_nodes(self) -> list[NodeSpec]:
+        """The nodes a fresh deploy creates: `<cluster>-<pool>-1..count`, control planes first.
+
+        Replacements get fresh numbers, so a cluster may later hold other names.
+        """
+        return [self.node(p.name, i) for p in self.pools() for i in range(1, p.count + 1)]
 
     def with_overrides(self, talos_version: str | None = None,
                        kubernetes_version: str | None = None) -> ClusterSpec:

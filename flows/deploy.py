@@ -41,7 +41,7 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
     """
     logger = get_run_logger()
     spec = load_spec(config).with_overrides(talos_version, kubernetes_version)
-    plan = plan_deploy(spec.declared_nodes(), observe_cluster(spec))
+    plan = plan_deploy(spec, observe_cluster(spec))
     for line in plan.describe(spec.name):
         logger.info(line)
     if dry_run or plan.empty:

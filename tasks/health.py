@@ -17,7 +17,7 @@ def wait_healthy(spec: ClusterSpec) -> dict[str, float]:
     Returns how many seconds into the wait each node was first seen Ready.
     """
     logger = get_run_logger()
-    total = len(spec.declared_nodes())
+    total = spec.node_count
     progress = create_progress_artifact(0.0, key=f"deploy-{spec.name}-progress",
                                         description=f"{spec.name}: nodes Ready")
 

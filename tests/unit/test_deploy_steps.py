@@ -273,7 +273,7 @@ def test_observe_reflects_the_lab_and_feeds_the_plan(infra):
     assert {(n.stage, n.configured, n.ready) for n in half.nodes.values()} == {
         ("maintenance", False, False)}
     assert not half.bootstrapped
-    plan = plan_deploy(infra.spec.declared_nodes(), half)
+    plan = plan_deploy(infra.spec, half)
     assert (plan.create, len(plan.configure), plan.bootstrap, plan.fresh) == ([], 5, True, False)
 
     prepare_cluster_dir(infra.spec)
@@ -287,7 +287,7 @@ def test_observe_reflects_the_lab_and_feeds_the_plan(infra):
     assert all(n.stage == "running" and n.configured and n.ready for n in done.nodes.values())
     assert sorted(n.address for n in done.nodes.values()) == sorted(
         n.address for n in infra.provider.list_nodes())
-    assert plan_deploy(infra.spec.declared_nodes(), done).empty
+    assert plan_deploy(infra.spec, done).empty
 
 
 def test_destroy_removes_every_node_and_the_cluster_is_forgotten(infra):

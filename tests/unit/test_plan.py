@@ -13,7 +13,8 @@ def observed(nodes: dict[str, str], bootstrapped: bool) -> Observed:
     """nodes: name -> Talos stage; a node past maintenance has a config."""
     return Observed(
         nodes={name: ObservedNode(
-            name=name, role="controlplane" if "-cp-" in name else "worker", stage=stage,
+            name=name, role="controlplane" if "-cp-" in name else "worker",
+            pool=name.split("-")[1], stage=stage,
             configured=stage not in ("booting", "maintenance"), ready=stage == "running",
             address=f"10.5.0.{10 + i}", talos_version="v1.13.9" if stage == "running" else None)
             for i, (name, stage) in enumerate(nodes.items())},
@@ -33,14 +34,15 @@ def observed(nodes: dict[str, str], bootstrapped: bool) -> Observed:
     pytest.param({**dict.fromkeys(ALL, "running"), "lab-worker-3": "running",
                   "lab-old-1": "maintenance"}, True, [], [], False, False,
                  ["lab-old-1", "lab-worker-3"], id="undeclared-extras"),
-    pytest.param({"lab-worker-3": "running"}, False, ALL, ALL, True, False, ["lab-worker-3"],
-                 id="only-an-undeclared-node"),
+    pytest.param({"lab-cp-1": "running", "lab-cp-2": "running", "lab-cp-4": "running",
+                  "lab-worker-1": "running", "lab-worker-2": "running"}, True, [], [], False,
+                 False, [], id="a-replaced-node-counts-for-its-pool"),
+    pytest.param({"lab-worker-3": "running"}, False, ALL[:4], ALL[:4], True, False, [],
+                 id="missing-nodes-take-the-lowest-free-numbers"),
 ])
 def test_plan_deploy_acts_only_on_the_difference(make_spec, nodes, bootstrapped, create,
                                                  configure, bootstrap, fresh, unexpected):
-    declared = make_spec().declared_nodes()
-
-    plan = plan_deploy(declared, observed(nodes, bootstrapped))
+    plan = plan_deploy(make_spec(), observed(nodes, bootstrapped))
 
     assert [n.name for n in plan.create] == create
     assert [n.name for n in plan.configure] == configure
@@ -48,7 +50,7 @@ def test_plan_deploy_acts_only_on_the_difference(make_spec, nodes, bootstrapped,
 
 
 def test_plan_for_a_finished_cluster_is_empty_and_says_there_is_nothing_to_do(make_spec):
-    plan = plan_deploy(make_spec().declared_nodes(), observed(dict.fromkeys(ALL, "running"), True))
+    plan = plan_deploy(make_spec(), observed(dict.fromkeys(ALL, "running"), True))
 
     assert plan.empty
     assert plan.describe("lab") == [
@@ -58,18 +60,17 @@ def test_plan_for_a_finished_cluster_is_empty_and_says_there_is_nothing_to_do(ma
 def test_undeclared_nodes_are_reported_never_deleted(make_spec):
     extra = {**dict.fromkeys(ALL, "running"), "lab-worker-3": "running"}
 
-    plan = plan_deploy(make_spec().declared_nodes(), observed(extra, True))
+    plan = plan_deploy(make_spec(), observed(extra, True))
 
     assert plan.empty  # reporting an extra node is no reason to act
     assert plan.describe("lab") == [
-        "lab: leave lab-worker-3 alone: it exists but is not declared"]
+        "lab: leave lab-worker-3 alone: beyond what the spec declares"]
     assert not hasattr(plan, "delete")
 
 
 def test_describe_lists_creates_then_configs_then_bootstrap(make_spec):
-    declared = make_spec(control_planes=1, workers=1).declared_nodes()
-
-    lines = plan_deploy(declared, observed({}, False)).describe("lab")
+    lines = plan_deploy(make_spec(control_planes=1, workers=1),
+                        observed({}, False)).describe("lab")
 
     assert lines == [
         "lab: create lab-cp-1 (controlplane)",
@@ -83,7 +84,7 @@ def test_describe_lists_creates_then_configs_then_bootstrap(make_spec):
 def test_plan_keeps_the_declared_order_control_planes_first(make_spec):
     declared = make_spec(workers=[{"name": "big", "count": 1}, {"name": "gpu", "count": 2}])
 
-    plan = plan_deploy(declared.declared_nodes(), observed({}, False))
+    plan = plan_deploy(declared, observed({}, False))
 
     assert [n.name for n in plan.create] == [
         "lab-cp-1", "lab-cp-2", "lab-cp-3", "lab-big-1", "lab-gpu-1", "lab-gpu-2"]
