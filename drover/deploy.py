@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from drover import retry
 from drover.errors import AlreadyBootstrapped, NodeFailed, QuorumError, StageTimeout, TalosError
 from drover.home import cluster_dir, remember_spec
+from drover.kube import KubeAPI, open_kube
 from drover.lab.clock import Clock
 from drover.machineconfig import (
     installer_image,
@@ -36,6 +37,7 @@ class Infra:
     spec: ClusterSpec
     provider: Provider
     talos: TalosAPI
+    kube: KubeAPI
 
     @property
     def clock(self) -> Clock:
@@ -43,7 +45,7 @@ class Infra:
 
     @classmethod
     def open(cls, spec: ClusterSpec) -> Infra:
-        return cls(spec, open_provider(spec), open_talos(spec))
+        return cls(spec, open_provider(spec), open_talos(spec), open_kube(spec))
 
     def wait(self, check: Callable[[], object | None], timeout: float,
              on_timeout: Callable[[], Exception]) -> object:
@@ -55,9 +57,11 @@ def observe(infra: Infra) -> Observed:
     nodes = {}
     for node in infra.provider.list_nodes():
         status = infra.talos.machine_status(node)
+        cordoned = status.stage == "running" and infra.kube.cordoned(node.name)
         nodes[node.name] = ObservedNode(node.name, node.role, node.pool, status.stage,
-                                        status.configured,
-                                        status.ready, node.address, status.talos_version)
+                                        status.configured, status.ready, node.address,
+                                        status.talos_version, status.kubernetes_version,
+                                        cordoned)
     return Observed(nodes, infra.talos.cluster_health().bootstrapped)
 
 

@@ -10,6 +10,7 @@
     ├── QuorumError                     an operation would lose (or has lost) etcd quorum
     ├── StageTimeout (TimeoutError)     a wait ran out; names the node and the stage
     ├── NodeFailed                      a node died; no wait brings it back
+    ├── UpgradeFailed                   a node came back on its old version (rolled back)
     ├── RetriesExhausted                a call kept failing transiently; no further retry
     └── TransientError                  worth retrying: a flaky API, a failed create
 """
@@ -69,6 +70,10 @@ class StageTimeout(DroverError, TimeoutError):
 
 class NodeFailed(DroverError):
     """A node died (power loss, crashed VM): no wait brings it back, only a replacement."""
+
+
+class UpgradeFailed(DroverError):
+    """A node's upgrade failed and Talos rolled it back to its previous image."""
 
 
 class RetriesExhausted(DroverError):

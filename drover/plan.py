@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from drover.errors import NodeNotFound, QuorumError
 from drover.spec import ClusterSpec, NodeSpec, split_node_name
 
 
@@ -21,6 +22,8 @@ class ObservedNode:
     ready: bool
     address: str
     talos_version: str | None
+    kubernetes_version: str | None = None
+    cordoned: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,90 @@ def missing_nodes(spec: ClusterSpec, pool: str, existing: list[str]) -> list[Nod
     used = {split_node_name(spec.name, name)[1] for name in existing}
     free = (i for i in range(1, count + len(used) + 1) if i not in used)
     return [spec.node(pool, next(free)) for _ in range(count - len(existing))]
+
+
+@dataclass(frozen=True)
+class UpgradePlan:
+    talos_version: str
+    batches: list[list[str]]          # control planes one at a time, then worker batches
+    uncordon: list[str]               # already upgraded but left cordoned by a stopped run
+    kubernetes_version: str | None    # None: every kubelet is already there
+
+    @property
+    def empty(self) -> bool:
+        return not (self.batches or self.uncordon or self.kubernetes_version)
+
+    def describe(self, cluster: str) -> list[str]:
+        lines = [f"{cluster}: uncordon {name} (already on {self.talos_version})"
+                 for name in self.uncordon]
+        lines += [f"{cluster}: upgrade {', '.join(batch)} to Talos {self.talos_version}"
+                  for batch in self.batches]
+        if self.kubernetes_version:
+            lines.append(f"{cluster}: upgrade Kubernetes to {self.kubernetes_version}")
+        return lines or [f"{cluster}: nothing to do: every node runs Talos "
+                         f"{self.talos_version} and the target Kubernetes"]
+
+
+def plan_upgrade(observed: Observed, talos_version: str, kubernetes_version: str,
+                 max_unavailable: int) -> UpgradePlan:
+    """Which nodes to upgrade, in what order: control planes first and one at a time (etcd
+    quorum), then workers in batches of max_unavailable; nodes already there are skipped."""
+    nodes = sorted(observed.nodes.values(), key=lambda n: (n.role != "controlplane", n.name))
+    behind = [n for n in nodes if n.talos_version != talos_version]
+    control = [[n.name] for n in behind if n.role == "controlplane"]
+    workers = [n.name for n in behind if n.role != "controlplane"]
+    batches = control + [workers[i:i + max_unavailable]
+                         for i in range(0, len(workers), max_unavailable)]
+    uncordon = [n.name for n in nodes if n.cordoned and n.talos_version == talos_version]
+    wanted = kubernetes_version.removeprefix("v")
+    kubelets = {(n.kubernetes_version or "").removeprefix("v") for n in nodes}
+    return UpgradePlan(talos_version, batches, uncordon,
+                       kubernetes_version if kubelets - {wanted} else None)
+
+
+@dataclass(frozen=True)
+class ReplacePlan:
+    old: str
+    new: NodeSpec
+    control_plane: bool
+    reachable: bool               # cordon and drain first; skipped for a dead node
+
+    def describe(self, cluster: str) -> list[str]:
+        lines = [f"{cluster}: cordon and drain {self.old}" if self.reachable
+                 else f"{cluster}: {self.old} is unreachable: no cordon, no drain"]
+        if self.control_plane:
+            lines.append(f"{cluster}: remove {self.old}'s etcd member")
+        lines += [f"{cluster}: create {self.new.name} and push its config; wait until Ready"
+                  + (" and a healthy etcd member" if self.control_plane else ""),
+                  f"{cluster}: delete {self.old}"]
+        return lines
+
+
+def plan_replacement(spec: ClusterSpec, observed: Observed, members: dict[str, bool],
+                     node: str) -> ReplacePlan:
+    """How to replace `node`, or QuorumError when removing its etcd member would lose quorum.
+
+    `members` maps each etcd member's node to whether it is healthy.
+    """
+    if node not in observed.nodes:
+        raise NodeNotFound(f"{node}: no such node in cluster {spec.name!r}")
+    old = observed.nodes[node]
+    control_plane = old.role == "controlplane"
+    if control_plane and node in members:
+        remaining = {n: ok for n, ok in members.items() if n != node}
+        healthy = sum(remaining.values())
+        needed = len(remaining) // 2 + 1
+        if healthy < needed:
+            raise QuorumError(
+                f"{node}: refusing to replace: removing its etcd member leaves "
+                f"{healthy} healthy of {len(remaining)} members, and quorum needs {needed} "
+                f"({sum(members.values())} of {len(members)} members are healthy now)")
+    used = sorted(split_node_name(spec.name, n.name)[1] for n in observed.nodes.values()
+                  if n.pool == old.pool)
+    pool_count = next(p.count for p in spec.pools() if p.name == old.pool)
+    if len(used) > pool_count and used[-1] != split_node_name(spec.name, node)[1]:
+        # a successor from an attempt that stopped part-way: finish it, don't add another
+        successor = spec.node(old.pool, used[-1])
+    else:
+        successor = spec.node(old.pool, used[-1] + 1)
+    return ReplacePlan(node, successor, control_plane, old.stage == "running")

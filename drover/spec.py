@@ -119,9 +119,11 @@ class Patches(Model):
 class LabFault(Model):
     """A fault the lab injects, declared in the config."""
 
-    type: Literal["create-fails", "never-boots", "talos-api-errors", "dies"]
+    type: Literal["create-fails", "never-boots", "talos-api-errors", "dies", "upgrade-fails",
+                  "drain-blocked"]
     node: str = Field(description="the node's name, e.g. lab-cp-2")
-    times: int = Field(1, ge=1, description="create-fails, talos-api-errors: how many calls fail")
+    times: int = Field(1, ge=1, description=(
+        "create-fails, talos-api-errors, upgrade-fails: how many times it happens"))
     after_seconds: float = Field(
         0, ge=0, description="dies: seconds after the node reaches running"
     )

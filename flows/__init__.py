@@ -8,6 +8,10 @@ from prefect import Task
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from drover.errors import NodeNotFound
+from drover.home import remembered_spec
+from drover.spec import ClusterSpec
+
 
 def gather(futures: dict[str, PrefectFuture[Any]]) -> dict[str, Any]:
     """Wait for every future, then return their results or raise the first failure.
@@ -37,3 +41,12 @@ def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]],
     with ThreadPoolTaskRunner(max_workers=max_workers) as runner:
         return gather({name: runner.submit(task, parameters=params)
                        for name, params in calls.items()})
+
+
+def known_spec(cluster: str) -> ClusterSpec:
+    """The spec drover deployed `cluster` with, or a clear error naming the fix."""
+    spec = remembered_spec(cluster)
+    if spec is None:
+        raise NodeNotFound(f"{cluster}: drover knows no such cluster in $DROVER_HOME; deploy it "
+                           "first (drover deploy CONFIG)")
+    return spec

@@ -1,197 +1,34 @@
-"""The emulated datacenter: nodes walking the Talos lifecycle, etcd, and faults.
+"""The emulated datacenter: what the infrastructure, the Talos API and Kubernetes
+answer about one cluster's nodes (the engine in engine.py keeps their time).
 
-No background process runs. Each node row holds its state, when it entered
-it, and when its next change is due; every operation first advances the
-cluster to "now" by the clock, applying due changes in time order. Talos
-rules hold: config goes in insecurely only in maintenance mode, etcd is
-bootstrapped once, control planes join etcd as they come up, and a cluster
-that loses etcd quorum stays broken.
+Talos rules hold: config goes in insecurely only in maintenance mode, etcd is
+bootstrapped once, control planes join etcd as they come up, an upgrade that
+would lose quorum is refused, a failed upgrade rolls back (A/B images), and a
+cluster that loses etcd quorum stays broken.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import random
 import sqlite3
-from pathlib import Path
 
 from drover.errors import (
     AlreadyBootstrapped,
     NodeNotFound,
     NotInMaintenance,
     ProviderError,
+    QuorumError,
     TalosError,
     TransientError,
 )
-from drover.lab.clock import Clock, SystemClock
-from drover.lab.model import LabCluster, LabNode, installed_version
-from drover.lab.profiles import Profile, load_profile
-from drover.lab.store import CommitThenRaise, LabStore, VirtualClock
-from drover.spec import ClusterSpec, LabFault, NodeSpec
-
-#: state -> (next state, profile step that sets how long the state lasts)
-LIFECYCLE = {
-    "created": ("booting", "create"),
-    "booting": ("maintenance", "boot"),
-    "installing": ("rebooting", "install"),
-    "rebooting": ("running", "reboot"),
-}
-ALIVE = ("running",)
+from drover.lab.engine import ALIVE, LabEngine
+from drover.lab.model import LabCluster, LabNode, installed_versions, version_of
+from drover.lab.store import CommitThenRaise
+from drover.spec import NodeSpec
 
 
-class Datacenter:
+class Datacenter(LabEngine):
     """One cluster's view of the lab file; settings (profile, faults) come from its spec."""
-
-    def __init__(self, spec: ClusterSpec, path: Path, clock: Clock | None = None) -> None:
-        settings = spec.spec.provider
-        self.cluster = spec.name
-        self.store = LabStore(path)
-        if clock is None:
-            clock = VirtualClock(self.store) if settings.clock == "virtual" else SystemClock()
-        self.clock = clock
-        self.profile: Profile = load_profile(settings.profile, settings.compression)
-        self.faults: list[LabFault] = list(settings.faults)
-        self.network = ipaddress.ip_network(settings.network)
-        self.seed = settings.seed
-
-    # ---- time -------------------------------------------------------------
-    def _draw(self, step: str, node: str, n: int = 0) -> float:
-        rng = random.Random(f"{self.seed}:{node}:{step}:{n}") if self.seed is not None \
-            else random.Random()
-        return self.profile.duration(step, rng)
-
-    def _fault(self, kind: str, node: str) -> LabFault | None:
-        return next((f for f in self.faults if f.type == kind and f.node == node), None)
-
-    def _take_fault(self, con: sqlite3.Connection, kind: str, node: str) -> bool:
-        """Whether a counted fault fires now (and spend one use of it)."""
-        fault = self._fault(kind, node)
-        if fault is None:
-            return False
-        key = f"{kind}:{node}"
-        row = con.execute("SELECT used FROM fault_uses WHERE cluster=? AND fault=?",
-                          (self.cluster, key)).fetchone()
-        used = row["used"] if row else 0
-        if used >= fault.times:
-            return False
-        con.execute("INSERT OR REPLACE INTO fault_uses VALUES (?, ?, ?)",
-                    (self.cluster, key, used + 1))
-        return True
-
-    def _event(self, con: sqlite3.Connection, at: float, node: str | None, what: str) -> None:
-        con.execute("INSERT INTO events (cluster, at, node, what) VALUES (?, ?, ?, ?)",
-                    (self.cluster, at, node, what))
-
-    def _advance(self, con: sqlite3.Connection) -> float:
-        """Apply every change due by now, earliest first; return now."""
-        now = self.clock.now()
-        while True:
-            row = con.execute(
-                """SELECT 'state' AS kind, name, due AS at FROM nodes
-                       WHERE cluster=:c AND due IS NOT NULL AND due <= :now
-                   UNION ALL SELECT 'join', name, join_due FROM nodes
-                       WHERE cluster=:c AND join_due IS NOT NULL AND join_due <= :now
-                   UNION ALL SELECT 'ready', name, ready_due FROM nodes
-                       WHERE cluster=:c AND ready_due IS NOT NULL AND ready_due <= :now
-                   UNION ALL SELECT 'api', name, api_due FROM clusters
-                       WHERE name=:c AND api_due IS NOT NULL AND api_due <= :now
-                   ORDER BY at, name LIMIT 1""", {"c": self.cluster, "now": now}).fetchone()
-            if row is None:
-                return now
-            getattr(self, f"_on_{row['kind']}")(con, row["name"], row["at"])
-
-    def _on_state(self, con: sqlite3.Connection, name: str, at: float) -> None:
-        state = con.execute("SELECT state FROM nodes WHERE name=?", (name,)).fetchone()["state"]
-        if state == "running":  # the only scheduled change of a running node is its death
-            con.execute("UPDATE nodes SET state='dead', since=?, due=NULL, join_due=NULL, "
-                        "ready_due=NULL, ready_at=NULL WHERE name=?", (at, name))
-            self._event(con, at, name, "dead")
-            self._check_quorum(con, at)
-            return
-        new = LIFECYCLE[state][0]
-        due = None
-        if new in LIFECYCLE and not (new == "booting" and self._fault("never-boots", name)):
-            due = at + self._draw(LIFECYCLE[new][1], name)
-        con.execute("UPDATE nodes SET state=?, since=?, due=? WHERE name=?", (new, at, due, name))
-        self._event(con, at, name, new)
-        if new == "running":
-            self._on_running(con, name, at)
-
-    def _on_running(self, con: sqlite3.Connection, name: str, at: float) -> None:
-        dies = self._fault("dies", name)
-        cl = self._cluster_row(con)
-        con.execute("UPDATE nodes SET running_at=?, due=? WHERE name=?",
-                    (at, at + dies.after_seconds if dies else None, name))
-        role = con.execute("SELECT role FROM nodes WHERE name=?", (name,)).fetchone()["role"]
-        if role == "controlplane" and self._member_count(con) > 0:
-            con.execute("UPDATE nodes SET join_due=? WHERE name=?",
-                        (at + self._draw("etcd_join", name), name))
-        if cl and cl["api_up_at"] is not None:
-            con.execute("UPDATE nodes SET ready_due=? WHERE name=?",
-                        (at + self._draw("node_ready", name), name))
-
-    def _on_join(self, con: sqlite3.Connection, name: str, at: float) -> None:
-        first = self._member_count(con) == 0
-        member_id = hashlib.sha256(f"{self.cluster}/{name}/{at}".encode()).hexdigest()[:16]
-        con.execute("INSERT OR REPLACE INTO etcd_members VALUES (?, ?, ?, ?)",
-                    (self.cluster, name, member_id, at))
-        con.execute("UPDATE nodes SET join_due=NULL WHERE name=?", (name,))
-        self._event(con, at, name, "etcd-member")
-        if first:  # the API server starts once etcd has a member; others may now join
-            con.execute("UPDATE clusters SET api_due=? WHERE name=?",
-                        (at + self._draw("apiserver", self.cluster), self.cluster))
-            for other in con.execute(
-                    "SELECT name FROM nodes WHERE cluster=? AND role='controlplane' "
-                    "AND state='running' AND join_due IS NULL AND name!=?",
-                    (self.cluster, name)).fetchall():
-                con.execute("UPDATE nodes SET join_due=? WHERE name=?",
-                            (at + self._draw("etcd_join", other["name"]), other["name"]))
-
-    def _on_api(self, con: sqlite3.Connection, _cluster: str, at: float) -> None:
-        con.execute("UPDATE clusters SET api_due=NULL, api_up_at=? WHERE name=?",
-                    (at, self.cluster))
-        self._event(con, at, None, "api-up")
-        for row in con.execute("SELECT name FROM nodes WHERE cluster=? AND state='running'",
-                               (self.cluster,)).fetchall():
-            con.execute("UPDATE nodes SET ready_due=? WHERE name=?",
-                        (at + self._draw("node_ready", row["name"]), row["name"]))
-
-    def _on_ready(self, con: sqlite3.Connection, name: str, at: float) -> None:
-        con.execute("UPDATE nodes SET ready_due=NULL, ready_at=? WHERE name=?", (at, name))
-        self._event(con, at, name, "ready")
-
-    def _member_count(self, con: sqlite3.Connection) -> int:
-        return con.execute("SELECT COUNT(*) FROM etcd_members WHERE cluster=?",
-                           (self.cluster,)).fetchone()[0]
-
-    def _check_quorum(self, con: sqlite3.Connection, at: float) -> None:
-        members = con.execute(
-            "SELECT n.state FROM etcd_members m LEFT JOIN nodes n ON n.name = m.node "
-            "WHERE m.cluster=?", (self.cluster,)).fetchall()
-        healthy = sum(1 for m in members if m["state"] in ALIVE)
-        if members and healthy < len(members) // 2 + 1:
-            con.execute("UPDATE clusters SET quorum_lost_at=COALESCE(quorum_lost_at, ?), "
-                        "api_up_at=NULL, api_due=NULL WHERE name=?", (at, self.cluster))
-            # no API server, so no kubelet can report: every node goes NotReady for good
-            con.execute("UPDATE nodes SET ready_at=NULL, ready_due=NULL WHERE cluster=?",
-                        (self.cluster,))
-            self._event(con, at, None, "quorum-lost")
-
-    def _cluster_row(self, con: sqlite3.Connection) -> sqlite3.Row | None:
-        return con.execute("SELECT * FROM clusters WHERE name=?", (self.cluster,)).fetchone()
-
-    def next_change_at(self) -> float | None:
-        """When the next scheduled change is due (None: nothing will change by itself)."""
-        with self.store.transaction() as con:
-            self._advance(con)
-            row = con.execute(
-                "SELECT MIN(t) FROM (SELECT due AS t FROM nodes WHERE cluster=:c "
-                "UNION ALL SELECT join_due FROM nodes WHERE cluster=:c "
-                "UNION ALL SELECT ready_due FROM nodes WHERE cluster=:c "
-                "UNION ALL SELECT api_due FROM clusters WHERE name=:c)",
-                {"c": self.cluster}).fetchone()
-            return row[0]
 
     # ---- reading ------------------------------------------------------------
     def _node(self, con: sqlite3.Connection, row: sqlite3.Row) -> LabNode:
@@ -199,7 +36,8 @@ class Datacenter:
                              (self.cluster, row["name"])).fetchone() is not None
         return LabNode(row["name"], row["cluster"], row["role"], row["pool"], row["state"],
                        row["since"], row["address"], row["talos_version"], row["config_hash"],
-                       row["ready_at"] is not None and row["state"] == "running", member)
+                       row["ready_at"] is not None and row["state"] == "running", member,
+                       bool(row["cordoned"]), row["kubernetes_version"])
 
     def nodes(self) -> list[LabNode]:
         with self.store.transaction() as con:
@@ -306,14 +144,15 @@ class Datacenter:
             now = self._advance(con)
             node = self._reachable(con, name)
             digest = hashlib.sha256(config.encode()).hexdigest()
-            version = installed_version(config)
+            version, kubernetes = installed_versions(config)
             if node.state == "maintenance":
                 if not insecure:
                     raise TalosError(f"{name}: node is in maintenance mode and has no "
                                      "certificates yet; apply its first config insecurely")
                 con.execute("UPDATE nodes SET state='installing', since=?, due=?, "
-                            "config_hash=?, talos_version=? WHERE name=?",
-                            (now, now + self._draw("install", name), digest, version, name))
+                            "config_hash=?, talos_version=?, kubernetes_version=? WHERE name=?",
+                            (now, now + self._draw("install", name), digest, version,
+                             kubernetes, name))
                 self._event(con, now, name, "installing")
                 return
             if insecure:
@@ -348,3 +187,75 @@ class Datacenter:
                         "ready_due=NULL, ready_at=NULL WHERE name=?", (now, name))
             self._event(con, now, name, "dead")
             self._check_quorum(con, now)
+
+    # ---- day 2: upgrades and etcd membership -----------------------------------
+    def upgrade(self, name: str, image: str) -> None:
+        """Write the new installer image and reboot into it, keeping data (Talos A/B)."""
+        target = version_of(image)
+        if target is None:
+            raise TalosError(f"{name}: installer image {image!r} has no version tag")
+        with self.store.transaction() as con:
+            now = self._advance(con)
+            node = self._reachable(con, name)
+            if node.state != "running" or node.talos_version == target:
+                if node.talos_version == target:
+                    return  # already there: upgrading again changes nothing
+                raise TalosError(f"{name}: cannot upgrade while the node is {node.state}")
+            if node.role == "controlplane":
+                self._refuse_quorum_loss(con, name)
+            con.execute("UPDATE nodes SET state='upgrading', since=?, due=?, target_version=?, "
+                        "ready_at=NULL, ready_due=NULL WHERE name=?",
+                        (now, now + self._draw("install", name, 1), target, name))
+            self._event(con, now, name, "upgrading")
+
+    def _refuse_quorum_loss(self, con: sqlite3.Connection, name: str) -> None:
+        """Talos refuses to take down a control plane unless every etcd member is healthy."""
+        members = con.execute(
+            "SELECT m.node, n.state FROM etcd_members m LEFT JOIN nodes n ON n.name = m.node "
+            "WHERE m.cluster=?", (self.cluster,)).fetchall()
+        sick = [m["node"] for m in members if m["state"] not in ALIVE]
+        if sick:
+            raise QuorumError(f"{name}: etcd member {sick[0]} is not healthy; all members "
+                              "must be healthy to perform an upgrade")
+
+    def upgrade_kubernetes(self, version: str) -> list[str]:
+        """upgrade-k8s: control-plane static pods, then every kubelet; returns the nodes done."""
+        with self.store.transaction() as con:
+            now = self._advance(con)
+            cl = self._cluster_row(con)
+            if cl is None or cl["api_up_at"] is None:
+                raise TalosError(f"{self.cluster}: upgrade-k8s needs the Kubernetes API up")
+            rows = con.execute("SELECT name FROM nodes WHERE cluster=? AND state='running' "
+                               "ORDER BY role, name", (self.cluster,)).fetchall()
+            for row in rows:
+                con.execute("UPDATE nodes SET kubernetes_version=? WHERE name=?",
+                            (version, row["name"]))
+                self._event(con, now, row["name"], f"kubelet {version}")
+            return [row["name"] for row in rows]
+
+    def remove_member(self, name: str) -> None:
+        """etcd remove-member: drop `name`'s member (it must not be needed for quorum)."""
+        with self.store.transaction() as con:
+            now = self._advance(con)
+            if con.execute("DELETE FROM etcd_members WHERE cluster=? AND node=?",
+                           (self.cluster, name)).rowcount:
+                self._event(con, now, name, "etcd-member-removed")
+                self._check_quorum(con, now)
+
+    # ---- Kubernetes: cordon, drain --------------------------------------------------
+    def set_cordoned(self, name: str, cordoned: bool) -> None:
+        with self.store.transaction() as con:
+            now = self._advance(con)
+            if self._get(con, name).cordoned != cordoned:
+                con.execute("UPDATE nodes SET cordoned=? WHERE name=?", (int(cordoned), name))
+                self._event(con, now, name, "cordoned" if cordoned else "uncordoned")
+
+    def evict_pods(self, name: str) -> bool:
+        """One round of evictions; False while a PodDisruptionBudget refuses (HTTP 429)."""
+        with self.store.transaction() as con:
+            now = self._advance(con)
+            self._get(con, name)
+            if self._fault("drain-blocked", name):
+                return False
+            self._event(con, now, name, "drained")
+            return True

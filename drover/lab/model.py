@@ -21,6 +21,8 @@ class LabNode:
     config_hash: str | None
     ready: bool
     etcd_member: bool
+    cordoned: bool = False
+    kubernetes_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,23 @@ class LabCluster:
     etcd_members: list[tuple[str, str, bool]]  # (node, member id, healthy)
 
 
-def installed_version(config: str) -> str | None:
-    """The Talos version a machine config installs: the tag of machine.install.image."""
+def version_of(image: str) -> str | None:
+    """The version tag of an image reference, e.g. v1.13.9 of `.../installer:v1.13.9`."""
+    match = re.search(r":(v\d+\.\d+\.\d+[^@/]*)$", image)
+    return match.group(1) if match else None
+
+
+def installed_versions(config: str) -> tuple[str | None, str | None]:
+    """(Talos, Kubernetes) versions a machine config installs: the tags of
+    machine.install.image and machine.kubelet.image."""
     for doc in yaml.safe_load_all(config):
         if isinstance(doc, dict) and doc.get("version") == "v1alpha1":
-            image = (doc.get("machine") or {}).get("install", {}).get("image", "")
-            match = re.search(r":(v\d+\.\d+\.\d+[^@]*)$", image)
-            return match.group(1) if match else None
-    return None
+            machine = doc.get("machine") or {}
+            return (version_of((machine.get("install") or {}).get("image", "")),
+                    version_of((machine.get("kubelet") or {}).get("image", "")))
+    return None, None
+
+
+def installed_version(config: str) -> str | None:
+    """The Talos version a machine config installs: the tag of machine.install.image."""
+    return installed_versions(config)[0]

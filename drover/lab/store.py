@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     state TEXT NOT NULL, since REAL NOT NULL, due REAL,
     address TEXT NOT NULL, image TEXT, config_hash TEXT, talos_version TEXT,
     cpus INTEGER, memory_mib INTEGER, disk_gib INTEGER,
-    created_at REAL NOT NULL, running_at REAL, join_due REAL, ready_due REAL, ready_at REAL
+    created_at REAL NOT NULL, running_at REAL, join_due REAL, ready_due REAL, ready_at REAL,
+    kubernetes_version TEXT, cordoned INTEGER NOT NULL DEFAULT 0, target_version TEXT
 );
 CREATE INDEX IF NOT EXISTS nodes_cluster ON nodes(cluster);
 CREATE TABLE IF NOT EXISTS clusters (
@@ -46,6 +47,11 @@ CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 1), now REA
 """
 
 
+#: node columns added after the first release, for lab files made before them
+ADDED_COLUMNS = [("kubernetes_version", "TEXT"), ("cordoned", "INTEGER NOT NULL DEFAULT 0"),
+                 ("target_version", "TEXT")]
+
+
 class CommitThenRaise(Exception):
     """Raised inside a transaction: keep its writes (an injected fault spent), then raise."""
 
@@ -61,6 +67,15 @@ class LabStore:
         with self.connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+            self._migrate(con)
+
+    @staticmethod
+    def _migrate(con: sqlite3.Connection) -> None:
+        """Add the columns later versions of drover use to a lab file made by an earlier one."""
+        have = {row[1] for row in con.execute("PRAGMA table_info(nodes)")}
+        for column, decl in ADDED_COLUMNS:
+            if column not in have:
+                con.execute(f"ALTER TABLE nodes ADD COLUMN {column} {decl}")
 
     def _open(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=60, isolation_level=None)

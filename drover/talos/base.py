@@ -20,6 +20,7 @@ class MachineStatus:
     configured: bool         # has a machine config (maintenance API closed)
     ready: bool              # Kubernetes node Ready
     talos_version: str | None
+    kubernetes_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,18 @@ class TalosAPI(ABC):
     @abstractmethod
     def bootstrap(self, node: Node) -> None:
         """Bootstrap etcd on one control plane; AlreadyBootstrapped if done before."""
+
+    @abstractmethod
+    def upgrade(self, node: Node, image: str) -> None:
+        """Install `image` and reboot into it, keeping data; QuorumError if etcd is not healthy."""
+
+    @abstractmethod
+    def upgrade_kubernetes(self, version: str) -> list[str]:
+        """upgrade-k8s: control-plane components, then kubelets; returns the nodes done."""
+
+    @abstractmethod
+    def remove_member(self, node: Node) -> None:
+        """Remove `node`'s etcd member through a healthy control plane (etcd remove-member)."""
 
     @abstractmethod
     def machine_status(self, node: Node) -> MachineStatus: ...

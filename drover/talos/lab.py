@@ -19,9 +19,19 @@ class LabTalos(TalosAPI):
     def bootstrap(self, node: Node) -> None:
         self.lab.bootstrap(node.name)
 
+    def upgrade(self, node: Node, image: str) -> None:
+        self.lab.upgrade(node.name, image)
+
+    def upgrade_kubernetes(self, version: str) -> list[str]:
+        return self.lab.upgrade_kubernetes(version)
+
+    def remove_member(self, node: Node) -> None:
+        self.lab.remove_member(node.name)
+
     def machine_status(self, node: Node) -> MachineStatus:
         n = self.lab.node(node.name)
-        return MachineStatus(n.state, n.config_hash is not None, n.ready, n.talos_version)
+        return MachineStatus(n.state, n.config_hash is not None, n.ready, n.talos_version,
+                             n.kubernetes_version)
 
     def cluster_health(self) -> ClusterHealth:
         s = self.lab.status()

@@ -21,7 +21,8 @@ from drover.errors import (
 )
 from drover.lab import profiles
 from drover.lab.clock import ManualClock
-from drover.lab.datacenter import Datacenter, installed_version
+from drover.lab.datacenter import Datacenter
+from drover.lab.model import installed_version
 from drover.lab.profiles import STEPS, load_profile
 from drover.lab.store import LabStore, VirtualClock
 

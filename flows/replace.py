@@ -1,0 +1,59 @@
+"""replace-node: retire the node (drain; remove its etcd member first for a control plane),
+bring up a successor with a fresh name, and delete the old VM only once it is Ready."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from drover.deploy import Infra
+from drover.timing import RunTiming, StageTimer
+from flows import known_spec
+from tasks.nodes import bring_up_node, delete_nodes, observe_cluster, plan_replacement, retire_node
+from tasks.report import publish_timing
+
+
+@flow(name="replace-node")
+def replace_node(cluster: str, node: str, reason: str = "requested",
+                 dry_run: bool = False) -> dict[str, Any]:
+    """Replace one node of a cluster with a fresh one (nodes are cattle).
+
+    Args:
+        cluster: the cluster's name (metadata.name)
+        node: the node to replace, e.g. lab-worker-2
+        reason: why, for the record (a health check fills this in)
+        dry_run: print the plan and change nothing
+    """
+    logger = get_run_logger()
+    spec = known_spec(cluster)
+    if node not in observe_cluster(spec).nodes:
+        logger.info("%s: %s is already gone (replaced before?); nothing to do", cluster, node)
+        return {"cluster": cluster, "replaced": None, "by": None}
+    plan = plan_replacement(spec, node)
+    logger.info("%s: replacing %s: %s", cluster, node, reason)
+    for line in plan.describe(cluster):
+        logger.info(line)
+    if dry_run:
+        return {"cluster": cluster, "replaced": None, "plan": plan.describe(cluster)}
+
+    provider = Infra.open(spec).provider
+    scale, note = provider.timing_scale()
+    run = RunTiming(cluster, "replace", provider.clock.now(), run_id=str(flow_run.id),
+                    scale=scale, clock_note=note,
+                    target_seconds=spec.spec.deployment.target_minutes * 60,
+                    baseline_seconds=spec.spec.deployment.baseline_minutes * 60)
+    timer = StageTimer(run, provider.clock)
+    try:
+        with timer.stage("retire"):
+            retire_node(spec, plan)
+        with timer.stage("bring-up") as stage:
+            timer.nodes(stage, {plan.new.name: bring_up_node(spec, plan.new, plan.control_plane)})
+        with timer.stage("delete"):
+            delete_nodes(spec, [node])
+    except Exception:
+        publish_timing(timer.finish("failed"))
+        raise
+    verdict = publish_timing(timer.finish("completed"))
+    return {"cluster": cluster, "replaced": node, "by": plan.new.name, "verdict": verdict}

@@ -1,0 +1,80 @@
+"""upgrade-cluster: control planes one at a time, then workers in batches of
+max_unavailable (cordon → drain → upgrade → Ready → uncordon), then Kubernetes.
+A failed node stops the run; a re-run continues where it stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from drover.deploy import Infra
+from drover.plan import plan_upgrade
+from drover.timing import RunTiming, StageTimer
+from flows import known_spec, run_parallel
+from tasks.configure import prepare_cluster_dir
+from tasks.image import resolve_image
+from tasks.nodes import observe_cluster
+from tasks.report import publish_timing
+from tasks.upgrade import uncordon_nodes, upgrade_kubernetes, upgrade_node
+
+
+@flow(name="upgrade-cluster")
+def upgrade_cluster(cluster: str, talos_version: str | None = None,
+                    kubernetes_version: str | None = None, max_unavailable: int | None = None,
+                    dry_run: bool = False) -> dict[str, Any]:
+    """Roll a cluster to a Talos and/or Kubernetes version without risking etcd quorum.
+
+    Args:
+        cluster: the cluster's name (metadata.name)
+        talos_version: target Talos version, e.g. v1.14.0 (default: the deployed spec's)
+        kubernetes_version: target Kubernetes version, e.g. 1.37.0 (after Talos, like upgrade-k8s)
+        max_unavailable: workers upgraded at once (default: spec.upgrade.maxUnavailable)
+        dry_run: print the plan and change nothing
+    """
+    logger = get_run_logger()
+    spec = known_spec(cluster)
+    target = spec.with_overrides(talos_version, kubernetes_version)
+    versions = target.spec
+    plan = plan_upgrade(observe_cluster(spec), versions.talos.version,
+                        versions.kubernetes.version,
+                        max_unavailable or spec.spec.upgrade.max_unavailable)
+    for line in plan.describe(cluster):
+        logger.info(line)
+    if dry_run or plan.empty:
+        return {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
+
+    provider = Infra.open(spec).provider
+    scale, note = provider.timing_scale()
+    run = RunTiming(cluster, "upgrade", provider.clock.now(), run_id=str(flow_run.id),
+                    scale=scale, clock_note=note,
+                    target_seconds=spec.spec.deployment.target_minutes * 60,
+                    baseline_seconds=spec.spec.deployment.baseline_minutes * 60)
+    timer = StageTimer(run, provider.clock)
+    done: list[str] = []
+    try:
+        uncordon_nodes(spec, plan.uncordon)
+        image = resolve_image(target)
+        for batch in plan.batches:
+            with timer.stage(f"upgrade {' '.join(batch)}") as stage:
+                timer.nodes(stage, run_parallel(upgrade_node, {name: {
+                    "spec": spec, "name": name, "image": image,
+                    "talos_version": versions.talos.version} for name in batch}, len(batch)))
+            done += batch
+        if plan.kubernetes_version:
+            with timer.stage("kubernetes"):
+                upgrade_kubernetes(spec, plan.kubernetes_version)
+    except Exception as exc:
+        untouched = [n for batch in plan.batches for n in batch if n not in done]
+        report = (f"# upgrade {cluster} stopped\n\n**{exc}**\n\n- upgraded: "
+                  f"{', '.join(done) or 'none'}\n- stopped at or not reached: "
+                  f"{', '.join(untouched)}\n\nRe-run to continue from here.\n")
+        create_markdown_artifact(report, key=f"upgrade-{cluster}-report")
+        publish_timing(timer.finish("failed"))
+        raise
+    prepare_cluster_dir(target)  # later deploys and replacements use the new versions
+    verdict = publish_timing(timer.finish("completed"))
+    return {"cluster": cluster, "changed": True, "upgraded": done, "verdict": verdict,
+            "timing": run.rows()}
