@@ -47,14 +47,12 @@ def library_deploy(workers: int) -> tuple[int, float]:
     from drover import deploy
     from drover.lab.clock import ManualClock
     from drover.lab.datacenter import Datacenter
-    from drover.providers.lab import LabProvider
     from drover.spec import load_spec
-    from drover.talos.lab import LabTalos
 
     folder = Path(tempfile.mkdtemp())
     spec = load_spec(write_config(folder, f"lib{workers}", workers, "demo"))
     lab = Datacenter(spec, folder / "lab.db", ManualClock())
-    infra = deploy.Infra(spec, LabProvider(spec, lab), LabTalos(spec, lab))
+    infra = deploy.Infra.on_lab(spec, lab)
     started = time.perf_counter()
     deploy.prepare_cluster_dir(spec)
     image = deploy.resolve_image(infra)

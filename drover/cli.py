@@ -7,6 +7,7 @@ server. Flows are imported inside the commands, so `drover schema` and
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -56,6 +57,21 @@ def _timing_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def _run(flow_module: str, flow_name: str, **parameters: Any) -> Any:
+    """Run one of drover's flows in this process; drover's own errors end the command."""
+    _prefect_env()
+    flow = getattr(importlib.import_module(flow_module), flow_name)
+    try:
+        return flow(**parameters)
+    except (DroverError, ValueError) as exc:
+        raise _fail(exc) from None
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    for line in result.get("plan", []):
+        out.print(line, highlight=False)
+
+
 Version = Annotated[str | None, typer.Option(help="override the version in the config")]
 
 
@@ -70,15 +86,9 @@ def deploy(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. confi
         load_spec(config)  # every config error before Prefect starts
     except SpecError as exc:
         raise _fail(exc) from None
-    _prefect_env()
-    from flows.deploy import deploy_cluster
-
-    try:
-        result = deploy_cluster(config=str(config), talos_version=talos_version,
-                                kubernetes_version=kubernetes_version, dry_run=dry_run,
-                                keep_on_failure=keep_on_failure)
-    except (DroverError, ValueError) as exc:
-        raise _fail(exc) from None
+    result = _run("flows.deploy", "deploy_cluster", config=str(config),
+                  talos_version=talos_version, kubernetes_version=kubernetes_version,
+                  dry_run=dry_run, keep_on_failure=keep_on_failure)
     if not result["changed"]:
         for line in result["plan"]:
             out.print(line, highlight=False)
@@ -128,17 +138,62 @@ def destroy(cluster: str, yes: Annotated[bool, typer.Option("--yes", help="confi
     if not yes and not dry_run:
         err.print(f"refusing to destroy {cluster} without --yes")
         raise typer.Exit(2)
-    _prefect_env()
-    from flows.destroy import destroy_cluster
-
-    try:
-        result = destroy_cluster(cluster=cluster, confirm=yes, dry_run=dry_run)
-    except (DroverError, ValueError) as exc:
-        raise _fail(exc) from None
+    result = _run("flows.destroy", "destroy_cluster", cluster=cluster, confirm=yes,
+                  dry_run=dry_run)
     if dry_run:
         out.print(f"{cluster}: would delete {', '.join(result['would_delete']) or 'nothing'}")
     else:
         out.print(f"{cluster}: deleted {len(result['deleted'])} node(s)")
+
+
+@app.command()
+def upgrade(cluster: str, talos_version: Version = None, kubernetes_version: Version = None,
+            max_unavailable: Annotated[int | None, typer.Option(
+                help="workers upgraded at once")] = None,
+            dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False) -> None:
+    """Roll CLUSTER to a Talos and/or Kubernetes version, never risking etcd quorum."""
+    result = _run("flows.upgrade", "upgrade_cluster", cluster=cluster,
+                  talos_version=talos_version, kubernetes_version=kubernetes_version,
+                  max_unavailable=max_unavailable, dry_run=dry_run)
+    _print_plan(result)
+    if result["changed"]:
+        out.print(f"{cluster}: upgraded {', '.join(result['upgraded']) or 'no node'}; "
+                  f"{result['verdict']}", highlight=False)
+
+
+@app.command()
+def replace(cluster: str, node: str,
+            reason: Annotated[str, typer.Option(help="why, for the record")] = "requested",
+            dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False) -> None:
+    """Replace NODE of CLUSTER with a fresh node (for a control plane, etcd-safely)."""
+    result = _run("flows.replace", "replace_node", cluster=cluster, node=node, reason=reason,
+                  dry_run=dry_run)
+    _print_plan(result)
+    if result.get("by"):
+        out.print(f"{cluster}: {node} replaced by {result['by']}; {result['verdict']}",
+                  highlight=False)
+    elif not dry_run:
+        out.print(f"{cluster}: {node} is already gone; nothing to do")
+
+
+@app.command()
+def health(cluster: str,
+           unhealthy_after: Annotated[float | None, typer.Option(
+               help="seconds a node may fail before replacement is requested")] = None,
+           max_unhealthy_percent: Annotated[int | None, typer.Option()] = None) -> None:
+    """Check CLUSTER; request replacement of nodes failing too long (a Prefect event)."""
+    result = _run("flows.health", "check_health", cluster=cluster,
+                  unhealthy_after_seconds=unhealthy_after,
+                  max_unhealthy_percent=max_unhealthy_percent)
+    if not result["unhealthy"]:
+        out.print(f"{cluster}: every node healthy")
+    for node in result["replace"]:
+        out.print(f"{cluster}: {node} unhealthy too long: replacement requested")
+    for node, seconds in result["waiting"].items():
+        out.print(f"{cluster}: {node} unhealthy for {format_duration(seconds)}")
+    if result["alert"]:
+        err.print(f"alert: {result['alert']}", highlight=False, markup=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from drover import retry
 from drover.errors import AlreadyBootstrapped, NodeFailed, QuorumError, StageTimeout, TalosError
 from drover.home import cluster_dir, remember_spec
-from drover.kube import KubeAPI, open_kube
+from drover.kube import KubeAPI, LabKube, open_kube
 from drover.lab.clock import Clock
+from drover.lab.datacenter import Datacenter
 from drover.machineconfig import (
     installer_image,
     load_or_create_secrets,
@@ -24,8 +25,10 @@ from drover.machineconfig import (
 )
 from drover.plan import Observed, ObservedNode, missing_nodes
 from drover.providers import Node, Provider, open_provider
+from drover.providers.lab import LabProvider
 from drover.spec import ClusterSpec, NodeSpec
 from drover.talos import ClusterHealth, TalosAPI, open_talos
+from drover.talos.lab import LabTalos
 
 BOOTED = ("maintenance", "installing", "rebooting", "running")
 
@@ -46,6 +49,12 @@ class Infra:
     @classmethod
     def open(cls, spec: ClusterSpec) -> Infra:
         return cls(spec, open_provider(spec), open_talos(spec), open_kube(spec))
+
+    @classmethod
+    def on_lab(cls, spec: ClusterSpec, datacenter: Datacenter) -> Infra:
+        """Every backend on one given lab datacenter (tests and benchmarks pick its clock)."""
+        return cls(spec, LabProvider(spec, datacenter), LabTalos(spec, datacenter),
+                   LabKube(spec, datacenter))
 
     def wait(self, check: Callable[[], object | None], timeout: float,
              on_timeout: Callable[[], Exception]) -> object:

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from drover.deploy import Infra
 from drover.plan import plan_upgrade
@@ -44,7 +45,10 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
     for line in plan.describe(cluster):
         logger.info(line)
     if dry_run or plan.empty:
-        return {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
+        result = {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
+        if plan.empty:  # the message tells a fleet run this cluster was already current
+            return Completed(message=f"skipped: {plan.describe(cluster)[0]}", data=result)
+        return result
 
     provider = Infra.open(spec).provider
     scale, note = provider.timing_scale()

@@ -89,3 +89,86 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     finally:
         stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def system_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One DROVER_HOME shared by the tests, the CLI they run and the worker."""
+    home = tmp_path_factory.mktemp("drover-home")
+    before = os.environ.get("DROVER_HOME")
+    os.environ["DROVER_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("DROVER_HOME", None)
+    else:
+        os.environ["DROVER_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def project(prefect_server: Server, system_home: Path) -> Server:
+    """prefect.yaml deployed on the server: work pool, deployments, schedules, triggers.
+
+    The scheduled deployments are then paused, so their runs (for clusters these tests
+    do not have) stay out of the worker's way.
+    """
+    prefect_server.run("work-pool", "create", "drover-local", "--type", "process")
+    prefect_server.run("--no-prompt", "deploy", "--all")
+    with prefect_server.api() as api:
+        for name in ("check-health/check-health", "upgrade-fleet/upgrade-fleet"):
+            deployment = api.get(f"/deployments/name/{name}").json()
+            api.patch(f"/deployments/{deployment['id']}", json={"paused": True})
+    return prefect_server
+
+
+@pytest.fixture(scope="session")
+def worker(project: Server, system_home: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A process worker on the project's pool; yields its log file."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [*PREFECT, "worker", "start", "--pool", "drover-local", "--limit", "8"], cwd=REPO,
+        env={**project.env, "DROVER_HOME": str(system_home),
+             "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield log_path
+    finally:
+        stop(proc)
+        log.close()
+
+
+def lab_cluster(folder: Path, name: str, workers: int = 1, **provider: object) -> str:
+    """Deploy a small lab cluster with the library (no Prefect): instant, virtual clock."""
+    from drover import deploy
+    from drover.spec import load_spec
+    from tests.flows.conftest import lab_config
+
+    config = lab_config(folder, name=name, control_planes=1, workers=workers, **provider)
+    spec = load_spec(config)
+    infra = deploy.Infra.open(spec)
+    deploy.prepare_cluster_dir(spec)
+    image = deploy.resolve_image(infra)
+    for node in spec.declared_nodes():
+        deploy.provision_node(infra, node, image)
+        deploy.configure_node(infra, node)
+    deploy.bootstrap_etcd(infra)
+    deploy.wait_healthy(infra)
+    return config
+
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def finished_run(api: httpx.Client, run_id: str, timeout: float = 240) -> dict:
+    def done() -> dict | None:
+        run = api.get(f"/flow_runs/{run_id}").json()
+        return run if run["state"]["type"] in TERMINAL else None
+
+    return wait_for(done, timeout, f"flow run {run_id} to finish")
+
+
+def runs_of(api: httpx.Client, deployment: str) -> list[dict]:
+    deployment_id = api.get(f"/deployments/name/{deployment}").json()["id"]
+    return api.post("/flow_runs/filter", json={
+        "deployments": {"id": {"any_": [deployment_id]}}}).json()

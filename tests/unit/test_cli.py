@@ -14,9 +14,7 @@ from drover.cli import app
 from drover.home import remember_spec
 from drover.lab.clock import ManualClock
 from drover.lab.datacenter import Datacenter
-from drover.providers.lab import LabProvider
 from drover.spec import load_spec
-from drover.talos.lab import LabTalos
 from drover.timing import History, RunTiming, StageTiming
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +82,7 @@ def test_status_json_of_an_unknown_cluster_is_an_empty_list() -> None:
 def test_status_json_lists_every_node_with_state_readiness_and_version(home: Path) -> None:
     spec = load_spec(REPO / "configs" / "lab.yaml")
     lab = Datacenter(spec, home / "lab.db", ManualClock())
-    infra = deploy.Infra(spec, LabProvider(spec, lab), LabTalos(spec, lab))
+    infra = deploy.Infra.on_lab(spec, lab)
     remember_spec(spec)
     image = deploy.resolve_image(infra)
     for node in spec.declared_nodes():

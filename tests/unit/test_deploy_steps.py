@@ -27,7 +27,6 @@ from drover.home import cluster_dir, remembered_spec
 from drover.lab.datacenter import Datacenter
 from drover.machineconfig import SecretsBundle, generate_secrets, to_yaml
 from drover.plan import plan_deploy
-from drover.providers.lab import LabProvider
 from drover.spec import ClusterSpec
 from drover.talos import ClusterHealth
 from drover.talos.lab import LabTalos
@@ -45,7 +44,7 @@ def infra_for(lab, bundle):
     def build(spec: ClusterSpec) -> Infra:
         (cluster_dir(spec.name) / "secrets.yaml").write_text(to_yaml(bundle))
         dc = lab(spec)
-        return Infra(spec, LabProvider(spec, dc), LabTalos(spec, dc))
+        return Infra.on_lab(spec, dc)
     return build
 
 
@@ -201,7 +200,8 @@ class StaleHealthTalos(LabTalos):
 
 def test_bootstrap_etcd_that_loses_a_race_counts_as_done(infra):
     deploy(infra)
-    racing = Infra(infra.spec, infra.provider, StaleHealthTalos(infra.spec, lab_of(infra)))
+    racing = Infra(infra.spec, infra.provider, StaleHealthTalos(infra.spec, lab_of(infra)),
+                   infra.kube)
 
     assert bootstrap_etcd(racing) is None
     assert lab_of(infra).status().bootstraps == 1
