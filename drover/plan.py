@@ -6,6 +6,7 @@ difference. An empty plan means the step is skipped.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from drover.errors import NodeNotFound, QuorumError
@@ -56,6 +57,12 @@ class DeployPlan:
         lines += [f"{cluster}: leave {name} alone: beyond what the spec declares"
                   for name in self.unexpected]
         return lines or [f"{cluster}: nothing to do: every declared node exists and is configured"]
+
+
+def natural(name: str) -> tuple[tuple[int, str], ...]:
+    """Sort key that puts lab-cp-2 before lab-cp-10."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part)
+                 for part in re.split(r"(\d+)", name))
 
 
 def plan_deploy(spec: ClusterSpec, observed: Observed) -> DeployPlan:
@@ -115,7 +122,8 @@ def plan_upgrade(observed: Observed, talos_version: str, kubernetes_version: str
                  max_unavailable: int) -> UpgradePlan:
     """Which nodes to upgrade, in what order: control planes first and one at a time (etcd
     quorum), then workers in batches of max_unavailable; nodes already there are skipped."""
-    nodes = sorted(observed.nodes.values(), key=lambda n: (n.role != "controlplane", n.name))
+    nodes = sorted(observed.nodes.values(),
+                   key=lambda n: (n.role != "controlplane", natural(n.name)))
     behind = [n for n in nodes if n.talos_version != talos_version]
     control = [[n.name] for n in behind if n.role == "controlplane"]
     workers = [n.name for n in behind if n.role != "controlplane"]
@@ -160,6 +168,11 @@ def plan_replacement(spec: ClusterSpec, observed: Observed, members: dict[str, b
         remaining = {n: ok for n, ok in members.items() if n != node}
         healthy = sum(remaining.values())
         needed = len(remaining) // 2 + 1
+        if not remaining:
+            raise QuorumError(
+                f"{node}: refusing to replace the only control plane: its etcd member holds "
+                "the cluster's state; restore etcd from a snapshot (talosctl bootstrap "
+                "--recover-from) or destroy and redeploy")
         if healthy < needed:
             raise QuorumError(
                 f"{node}: refusing to replace: removing its etcd member leaves "

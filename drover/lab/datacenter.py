@@ -31,12 +31,17 @@ class Datacenter(LabEngine):
     """One cluster's view of the lab file; settings (profile, faults) come from its spec."""
 
     # ---- reading ------------------------------------------------------------
-    def _node(self, con: sqlite3.Connection, row: sqlite3.Row) -> LabNode:
+    def _node(self, con: sqlite3.Connection, row: sqlite3.Row,
+              available: bool | None = None) -> LabNode:
+        """A node as read now; Ready needs the API available (kubelets report through it)."""
+        if available is None:
+            available = self._available(con)
         member = con.execute("SELECT 1 FROM etcd_members WHERE cluster=? AND node=?",
                              (self.cluster, row["name"])).fetchone() is not None
         return LabNode(row["name"], row["cluster"], row["role"], row["pool"], row["state"],
                        row["since"], row["address"], row["talos_version"], row["config_hash"],
-                       row["ready_at"] is not None and row["state"] == "running", member,
+                       row["ready_at"] is not None and row["state"] == "running" and available,
+                       member,
                        bool(row["cordoned"]), row["kubernetes_version"])
 
     def nodes(self) -> list[LabNode]:
@@ -44,7 +49,8 @@ class Datacenter(LabEngine):
             self._advance(con)
             rows = con.execute("SELECT * FROM nodes WHERE cluster=? ORDER BY name",
                                (self.cluster,)).fetchall()
-            return [self._node(con, r) for r in rows]
+            available = self._available(con)
+            return [self._node(con, r, available) for r in rows]
 
     def node(self, name: str) -> LabNode:
         with self.store.transaction() as con:
@@ -68,9 +74,8 @@ class Datacenter(LabEngine):
             lost = bool(cl and cl["quorum_lost_at"] is not None)
             return LabCluster(
                 self.cluster, bool(cl and cl["bootstrapped_at"] is not None),
-                cl["bootstraps"] if cl else 0,
-                bool(cl and cl["api_up_at"] is not None) and not lost,
-                lost, [(m["node"], m["member_id"], m["state"] in ALIVE) for m in members])
+                cl["bootstraps"] if cl else 0, self._available(con), lost,
+                [(m["node"], m["member_id"], m["state"] in ALIVE) for m in members])
 
     def events(self) -> list[tuple[float, str | None, str]]:
         with self.store.connect() as con:
@@ -222,8 +227,7 @@ class Datacenter(LabEngine):
         """upgrade-k8s: control-plane static pods, then every kubelet; returns the nodes done."""
         with self.store.transaction() as con:
             now = self._advance(con)
-            cl = self._cluster_row(con)
-            if cl is None or cl["api_up_at"] is None:
+            if not self._available(con):
                 raise TalosError(f"{self.cluster}: upgrade-k8s needs the Kubernetes API up")
             rows = con.execute("SELECT name FROM nodes WHERE cluster=? AND state='running' "
                                "ORDER BY role, name", (self.cluster,)).fetchall()
@@ -234,9 +238,20 @@ class Datacenter(LabEngine):
             return [row["name"] for row in rows]
 
     def remove_member(self, name: str) -> None:
-        """etcd remove-member: drop `name`'s member (it must not be needed for quorum)."""
+        """etcd remove-member: drop `name`'s member; refused (like etcd's strict reconfig
+        check) when the members left running would not make a quorum."""
         with self.store.transaction() as con:
             now = self._advance(con)
+            rows = con.execute(
+                "SELECT m.node, n.state FROM etcd_members m LEFT JOIN nodes n "
+                "ON n.name = m.node WHERE m.cluster=?", (self.cluster,)).fetchall()
+            if name not in {r["node"] for r in rows}:
+                return
+            left = [r["state"] for r in rows if r["node"] != name]
+            if left and sum(1 for s in left if s in ALIVE) < len(left) // 2 + 1:
+                raise QuorumError(f"{name}: etcdserver: unhealthy cluster: removing this member "
+                                  f"leaves {sum(1 for s in left if s in ALIVE)} of "
+                                  f"{len(left)} members running")
             if con.execute("DELETE FROM etcd_members WHERE cluster=? AND node=?",
                            (self.cluster, name)).rowcount:
                 self._event(con, now, name, "etcd-member-removed")

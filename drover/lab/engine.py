@@ -170,12 +170,27 @@ class LabEngine:
         return con.execute("SELECT COUNT(*) FROM etcd_members WHERE cluster=?",
                            (self.cluster,)).fetchone()[0]
 
-    def _check_quorum(self, con: sqlite3.Connection, at: float) -> None:
-        members = con.execute(
+    def _member_states(self, con: sqlite3.Connection) -> list[str | None]:
+        """The state of each etcd member's node (None: the node is gone)."""
+        return [row[0] for row in con.execute(
             "SELECT n.state FROM etcd_members m LEFT JOIN nodes n ON n.name = m.node "
-            "WHERE m.cluster=?", (self.cluster,)).fetchall()
-        healthy = sum(1 for m in members if m["state"] in ALIVE)
-        if members and healthy < len(members) // 2 + 1:
+            "WHERE m.cluster=?", (self.cluster,))]
+
+    def _available(self, con: sqlite3.Connection) -> bool:
+        """Whether the Kubernetes API answers now: it was started and a majority of etcd
+        members is running (a control plane rebooting for an upgrade does not count)."""
+        cl = self._cluster_row(con)
+        if cl is None or cl["api_up_at"] is None or cl["quorum_lost_at"] is not None:
+            return False
+        states = self._member_states(con)
+        return sum(1 for s in states if s in ALIVE) >= len(states) // 2 + 1
+
+    def _check_quorum(self, con: sqlite3.Connection, at: float) -> None:
+        """Quorum is lost for good once a majority of members can never answer again
+        (dead or deleted); a member away for a reboot only makes etcd unavailable."""
+        states = self._member_states(con)
+        returning = sum(1 for s in states if s not in ("dead", None))
+        if states and returning < len(states) // 2 + 1:
             con.execute("UPDATE clusters SET quorum_lost_at=COALESCE(quorum_lost_at, ?), "
                         "api_up_at=NULL, api_due=NULL WHERE name=?", (at, self.cluster))
             # no API server, so no kubelet can report: every node goes NotReady for good
