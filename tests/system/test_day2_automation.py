@@ -34,9 +34,13 @@ def unhealthy_events(server: Server, cluster: str) -> list[dict]:
 
 def test_a_dead_worker_is_replaced_through_the_health_event_and_the_automation(
         project: Server, worker: Path, tmp_path: Path) -> None:
-    config = lab_cluster(tmp_path, "heal", workers=2)
+    # a lab fault: heal-worker-1 loses power an hour after it started running
+    config = lab_cluster(tmp_path, "heal", workers=2, faults=[
+        {"type": "dies", "node": "heal-worker-1", "afterSeconds": 3600}])
     lab = open_datacenter(load_spec(config))
-    lab.kill("heal-worker-1")
+    assert all(n.ready for n in lab.nodes())
+    lab.clock.sleep(3600)  # the lab's virtual clock: an hour passes, instantly
+    assert lab.node("heal-worker-1").state == "dead"
     with project.api() as api:
         before = {r["id"] for r in runs_of(api, "replace-node/replace-node")}
 
