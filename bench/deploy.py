@@ -54,14 +54,7 @@ def library_deploy(workers: int) -> tuple[int, float]:
     lab = Datacenter(spec, folder / "lab.db", ManualClock())
     infra = deploy.Infra.on_lab(spec, lab)
     started = time.perf_counter()
-    deploy.prepare_cluster_dir(spec)
-    image = deploy.resolve_image(infra)
-    for node in spec.declared_nodes():
-        deploy.provision_node(infra, node, image)
-    for node in spec.declared_nodes():
-        deploy.configure_node(infra, node)
-    deploy.bootstrap_etcd(infra)
-    deploy.wait_healthy(infra)
+    deploy.converge(infra)
     return len(spec.declared_nodes()), time.perf_counter() - started
 
 

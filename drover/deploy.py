@@ -23,7 +23,7 @@ from drover.machineconfig import (
     write_kubeconfig,
     write_talosconfig,
 )
-from drover.plan import Observed, ObservedNode, missing_nodes
+from drover.plan import Observed, ObservedNode, missing_nodes, plan_deploy
 from drover.providers import Node, Provider, open_provider
 from drover.providers.lab import LabProvider
 from drover.spec import ClusterSpec, NodeSpec
@@ -219,3 +219,17 @@ def destroy(infra: Infra, names: list[str] | None = None) -> list[str]:
     for name in targets:
         infra.provider.delete_node(name)
     return targets
+
+
+def converge(infra: Infra) -> Readiness:
+    """Every deploy step in order, one node at a time, without Prefect: what the flow does,
+    for tests, benchmarks and scripts that need a cluster up and do not time it."""
+    prepare_cluster_dir(infra.spec)
+    image = resolve_image(infra)
+    plan = plan_deploy(infra.spec, observe(infra))
+    for node in plan.create:
+        provision_node(infra, node, image)
+    for node in plan.configure:
+        configure_node(infra, node)
+    bootstrap_etcd(infra)
+    return wait_healthy(infra)

@@ -6,11 +6,14 @@ from typing import Any
 
 from prefect import Task
 from prefect.futures import PrefectFuture, wait
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from drover.deploy import Infra
 from drover.errors import NodeNotFound
 from drover.home import remembered_spec
 from drover.spec import ClusterSpec
+from drover.timing import RunTiming, StageTimer
 
 
 def gather(futures: dict[str, PrefectFuture[Any]]) -> dict[str, Any]:
@@ -50,3 +53,15 @@ def known_spec(cluster: str) -> ClusterSpec:
         raise NodeNotFound(f"{cluster}: drover knows no such cluster in $DROVER_HOME; deploy it "
                            "first (drover deploy CONFIG)")
     return spec
+
+
+def start_timer(spec: ClusterSpec, flow_name: str) -> StageTimer:
+    """A stage timer for this flow run, on the clock of the cluster's infrastructure."""
+    provider = Infra.open(spec).provider
+    scale, note = provider.timing_scale()
+    settings = spec.spec.deployment
+    run = RunTiming(spec.name, flow_name, provider.clock.now(), run_id=str(flow_run.id),
+                    target_seconds=settings.target_minutes * 60,
+                    baseline_seconds=settings.baseline_minutes * 60, scale=scale,
+                    clock_note=note)
+    return StageTimer(run, provider.clock)

@@ -6,13 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from drover.deploy import Infra
 from drover.plan import plan_deploy
 from drover.spec import load_spec
-from drover.timing import RunTiming, StageTimer
-from flows import run_parallel
+from flows import run_parallel, start_timer
 from tasks.configure import (
     bootstrap_etcd,
     configure_node,
@@ -52,13 +49,8 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
 
     settings = spec.spec.deployment
     retrying = {"retries": settings.retries, "retry_delay_seconds": settings.retry_delay_seconds}
-    provider = Infra.open(spec).provider
-    clock = provider.clock
-    scale, note = provider.timing_scale()
-    run = RunTiming(spec.name, "deploy", clock.now(), target_seconds=settings.target_minutes * 60,
-                    baseline_seconds=settings.baseline_minutes * 60, run_id=str(flow_run.id),
-                    scale=scale, clock_note=note)
-    timer = StageTimer(run, clock)
+    timer = start_timer(spec, "deploy")
+    run = timer.run
     try:
         prepare_cluster_dir(spec)
         with timer.stage("image"):

@@ -6,11 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from drover.deploy import Infra
-from drover.timing import RunTiming, StageTimer
-from flows import known_spec
+from flows import known_spec, start_timer
 from tasks.nodes import bring_up_node, delete_nodes, observe_cluster, plan_replacement, retire_node
 from tasks.report import publish_timing
 
@@ -38,13 +35,7 @@ def replace_node(cluster: str, node: str, reason: str = "requested",
     if dry_run:
         return {"cluster": cluster, "replaced": None, "plan": plan.describe(cluster)}
 
-    provider = Infra.open(spec).provider
-    scale, note = provider.timing_scale()
-    run = RunTiming(cluster, "replace", provider.clock.now(), run_id=str(flow_run.id),
-                    scale=scale, clock_note=note,
-                    target_seconds=spec.spec.deployment.target_minutes * 60,
-                    baseline_seconds=spec.spec.deployment.baseline_minutes * 60)
-    timer = StageTimer(run, provider.clock)
+    timer = start_timer(spec, "replace")
     try:
         with timer.stage("retire"):
             retire_node(spec, plan)

@@ -8,13 +8,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from drover.deploy import Infra
 from drover.plan import plan_upgrade
-from drover.timing import RunTiming, StageTimer
-from flows import known_spec, run_parallel
+from flows import known_spec, run_parallel, start_timer
 from tasks.configure import prepare_cluster_dir
 from tasks.image import resolve_image
 from tasks.nodes import observe_cluster
@@ -50,13 +47,7 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
             return Completed(message=f"skipped: {plan.describe(cluster)[0]}", data=result)
         return result
 
-    provider = Infra.open(spec).provider
-    scale, note = provider.timing_scale()
-    run = RunTiming(cluster, "upgrade", provider.clock.now(), run_id=str(flow_run.id),
-                    scale=scale, clock_note=note,
-                    target_seconds=spec.spec.deployment.target_minutes * 60,
-                    baseline_seconds=spec.spec.deployment.baseline_minutes * 60)
-    timer = StageTimer(run, provider.clock)
+    timer = start_timer(spec, "upgrade")
     done: list[str] = []
     try:
         uncordon_nodes(spec, plan.uncordon)
@@ -81,4 +72,4 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
     prepare_cluster_dir(target)  # later deploys and replacements use the new versions
     verdict = publish_timing(timer.finish("completed"))
     return {"cluster": cluster, "changed": True, "upgraded": done, "verdict": verdict,
-            "timing": run.rows()}
+            "timing": timer.run.rows()}

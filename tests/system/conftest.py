@@ -145,15 +145,7 @@ def lab_cluster(folder: Path, name: str, workers: int = 1, **provider: object) -
     from tests.flows.conftest import lab_config
 
     config = lab_config(folder, name=name, control_planes=1, workers=workers, **provider)
-    spec = load_spec(config)
-    infra = deploy.Infra.open(spec)
-    deploy.prepare_cluster_dir(spec)
-    image = deploy.resolve_image(infra)
-    for node in spec.declared_nodes():
-        deploy.provision_node(infra, node, image)
-        deploy.configure_node(infra, node)
-    deploy.bootstrap_etcd(infra)
-    deploy.wait_healthy(infra)
+    deploy.converge(deploy.Infra.open(load_spec(config)))
     return config
 
 

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from drover import deploy
 from drover.cli import app
-from drover.home import remember_spec
 from drover.lab.clock import ManualClock
 from drover.lab.datacenter import Datacenter
 from drover.spec import load_spec
@@ -83,14 +82,7 @@ def test_status_json_lists_every_node_with_state_readiness_and_version(home: Pat
     spec = load_spec(REPO / "configs" / "lab.yaml")
     lab = Datacenter(spec, home / "lab.db", ManualClock())
     infra = deploy.Infra.on_lab(spec, lab)
-    remember_spec(spec)
-    image = deploy.resolve_image(infra)
-    for node in spec.declared_nodes():
-        deploy.provision_node(infra, node, image)
-        deploy.configure_node(infra, node)
-    deploy.bootstrap_etcd(infra)
-    deploy.wait_healthy(infra)
-    lab.clock.advance(0)  # the CLI reads the same lab file with its own clock (wall time)
+    deploy.converge(infra)  # also remembers the spec, as a deploy does
 
     result = runner.invoke(app, ["status", "lab", "--json"])
 
