@@ -13,31 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, field_validator
 
 from drover.errors import SpecError
+from drover.model import (
+    API_VERSION,
+    DNS_LABEL,
+    K8S_VERSION,
+    PATTERN_HINTS,
+    VERSION,
+    Model,
+)
+from drover.provider_settings import (  # noqa: F401 (re-exported)
+    LabFault,
+    LabProvider,
+    ProviderSettings,
+)
 from drover.validation import describe_errors
-
-API_VERSION = "drover/v1alpha1"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-VERSION = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
-K8S_VERSION = r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
-
-
-PATTERN_HINTS = {
-    DNS_LABEL: "must be lowercase letters, digits and '-' (a DNS label, e.g. lab-1)",
-    VERSION: "must be a Talos version like v1.13.9",
-    K8S_VERSION: "must be a Kubernetes version like 1.36.3",
-}
-
-
-class Model(BaseModel):
-    """Base: camelCase in YAML, snake_case in Python, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
-    )
 
 
 class NodeSize(Model):
@@ -55,7 +47,9 @@ class Schematic(Model):
 
 class TalosSettings(Model):
     version: Annotated[str, Field(pattern=VERSION, description="Talos version, e.g. v1.13.9")]
-    api: Literal["lab"] = Field("lab", description="how drover reaches the Talos API")
+    api: Literal["lab", "talosctl"] = Field(
+        "lab", description="how drover reaches the Talos API: the lab's, or talosctl")
+    talosctl: str | None = Field(None, description="talosctl path (default: found on PATH)")
     schematic: Schematic = Field(default_factory=Schematic)
     install_disk: str = Field("/dev/vda", description="disk Talos installs to")
     image_factory: str = Field("https://factory.talos.dev", description="Image Factory base URL")
@@ -114,45 +108,6 @@ class Patches(Model):
     all: list[dict[str, Any] | str] = Field(default_factory=list)
     control_plane: list[dict[str, Any] | str] = Field(default_factory=list)
     worker: list[dict[str, Any] | str] = Field(default_factory=list)
-
-
-class LabFault(Model):
-    """A fault the lab injects, declared in the config."""
-
-    type: Literal["create-fails", "never-boots", "talos-api-errors", "dies", "upgrade-fails",
-                  "drain-blocked"]
-    node: str = Field(description="the node's name, e.g. lab-cp-2")
-    times: int = Field(1, ge=1, description=(
-        "create-fails, talos-api-errors, upgrade-fails: how many times it happens"))
-    after_seconds: float = Field(
-        0, ge=0, description="dies: seconds after the node reaches running"
-    )
-
-
-class LabProvider(Model):
-    kind: Literal["lab"]
-    profile: Literal["instant", "demo", "realistic"] = "demo"
-    compression: float = Field(
-        1.0, ge=1.0, description="realistic: divide real-world durations by this factor"
-    )
-    clock: Literal["system", "virtual"] = Field(
-        "system", description="virtual: time advances only when drover waits (tests)"
-    )
-    network: str = Field("10.5.0.0/24", description="emulated node network (no traffic is sent)")
-    seed: int | None = Field(None, description="seed for duration jitter; random if unset")
-    faults: list[LabFault] = Field(default_factory=list)
-
-    @field_validator("network")
-    @classmethod
-    def _network_is_cidr(cls, value: str) -> str:
-        try:
-            ipaddress.ip_network(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a CIDR like 10.5.0.0/24") from None
-        return value
-
-
-ProviderSettings = Annotated[LabProvider, Field(discriminator="kind")]
 
 
 class Timeouts(Model):

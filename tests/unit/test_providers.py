@@ -89,14 +89,9 @@ def test_unregistered_talos_backend_is_rejected_naming_the_field_and_the_known_o
         open_talos(make_spec())
 
 
-def test_a_talos_api_drover_does_not_have_yet_fails_validation(make_spec):
-    with pytest.raises(SpecError, match=r"spec\.talos\.api: Input should be 'lab'"):
-        make_spec(talos_api="talosctl")
-
-
 def test_spec_with_an_unknown_provider_kind_fails_validation_at_spec_provider(make_spec):
     data = make_spec().model_dump(by_alias=True)
-    data["spec"]["provider"] = {"kind": "proxmox"}
+    data["spec"]["provider"] = {"kind": "vmware"}
 
     with pytest.raises(SpecError) as err:
         parse_spec(data, source="cluster.yaml")

@@ -73,7 +73,11 @@ def test_a_missing_patch_file_is_reported_with_its_path(tmp_path: Path) -> None:
      "spec.workers: worker pool names must be unique, repeated: a"),
     (lambda d: d["spec"]["provider"].update(kind="vmware"),
      "spec.provider: Input tag 'vmware' found using 'kind' does not match any of the expected "
-     "tags: 'lab'"),
+     "tags: 'lab', 'libvirt', 'proxmox'"),
+    (lambda d: d["spec"].update(provider={"kind": "proxmox", "url": "https://pve:8006",
+                                          "nodes": ["pve1"], "tokenId": "drover@pve!ci",
+                                          "templateVmID": 9000}),
+     "spec.provider.templateVmID: unknown field; did you mean 'templateVmid'?"),
 ])
 def test_each_mistake_is_reported_with_its_yaml_path_and_a_hint(change, expected) -> None:
     data = lab_data()

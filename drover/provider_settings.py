@@ -1,0 +1,97 @@
+"""Provider settings in the cluster YAML (`spec.provider`), one model per backend,
+picked by `kind`."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from drover.model import Model
+
+
+class LabFault(Model):
+    """A fault the lab injects, declared in the config."""
+
+    type: Literal["create-fails", "never-boots", "talos-api-errors", "dies", "upgrade-fails",
+                  "drain-blocked"]
+    node: str = Field(description="the node's name, e.g. lab-cp-2")
+    times: int = Field(1, ge=1, description=(
+        "create-fails, talos-api-errors, upgrade-fails: how many times it happens"))
+    after_seconds: float = Field(
+        0, ge=0, description="dies: seconds after the node reaches running"
+    )
+
+
+class LabProvider(Model):
+    kind: Literal["lab"]
+    profile: Literal["instant", "demo", "realistic"] = "demo"
+    compression: float = Field(
+        1.0, ge=1.0, description="realistic: divide real-world durations by this factor"
+    )
+    clock: Literal["system", "virtual"] = Field(
+        "system", description="virtual: time advances only when drover waits (tests)"
+    )
+    network: str = Field("10.5.0.0/24", description="emulated node network (no traffic is sent)")
+    seed: int | None = Field(None, description="seed for duration jitter; random if unset")
+    faults: list[LabFault] = Field(default_factory=list)
+
+    @field_validator("network")
+    @classmethod
+    def _network_is_cidr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR like 10.5.0.0/24") from None
+        return value
+
+
+class SshTarget(Model):
+    """A hypervisor host drover reaches over SSH (key authentication, host key verified)."""
+
+    host: str = Field(description="address or DNS name")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key_file: str | None = Field(None, description="private key file; else the SSH agent")
+    key_secret_block: str | None = Field(
+        None, description="name of a Prefect Secret block holding the private key")
+    known_hosts: str = Field("~/.ssh/known_hosts", description=(
+        "known_hosts file the host key must be in; an unknown key is an error"))
+
+
+class LibvirtProvider(Model):
+    kind: Literal["libvirt"]
+    hosts: list[SshTarget] = Field(min_length=1, description="KVM hosts; nodes are spread")
+    uri: str = Field("qemu:///system", description="libvirt URI on each host")
+    domain_type: Literal["kvm", "qemu"] = Field(
+        "kvm", description="qemu: software emulation, where KVM is not available")
+    storage_dir: str = Field("/var/lib/libvirt/images/drover",
+                             description="where boot images and node overlays live on a host")
+    network: str = Field("default", description="libvirt network, or 'user' (QEMU user mode)")
+    config_delivery: Literal["cidata", "api"] = Field(
+        "cidata", description="machine config on a cidata ISO (nocloud), or pushed by API")
+    boot_image: str | None = Field(None, description=(
+        "a local boot image to upload instead of the Image Factory's (tests, air-gapped)"))
+    address_timeout_seconds: float = Field(300, gt=0)
+
+
+class ProxmoxProvider(Model):
+    kind: Literal["proxmox"]
+    url: str = Field(description="API base, e.g. https://pve1.example:8006")
+    nodes: list[str] = Field(min_length=1, description="Proxmox nodes VMs are spread over")
+    token_id: str = Field(description="API token id, user@realm!name")
+    token_secret_env: str = Field("PROXMOX_TOKEN_SECRET",
+                                  description="environment variable holding the token secret")
+    token_secret_block: str | None = Field(
+        None, description="or a Prefect Secret block holding it")
+    ca_file: str | None = Field(None, description="CA bundle for a private PKI (TLS verified)")
+    template_vmid: int | None = Field(None, description="clone this template; else create")
+    storage: str = "local-lvm"
+    pool: str | None = None
+    bridge: str = "vmbr0"
+    max_parallel_clones: int = Field(4, ge=1, description="clones running at once")
+
+
+ProviderSettings = Annotated[LabProvider | LibvirtProvider | ProxmoxProvider,
+                             Field(discriminator="kind")]
