@@ -5,7 +5,10 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install deploy test
+# Debian packages the system tests use (a real sshd on 127.0.0.1 for paramiko).
+SYSTEM_PACKAGES := openssh-server openssh-client
+
+.PHONY: install deploy test system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +20,16 @@ install: $(STAMP)
 deploy: install
 	$(VENV)/bin/drover deploy configs/lab.yaml
 
-test: install
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing; \
+	  else echo "the system tests need: $$missing (run make test as root, or install them)"; \
+	  fi; \
+	fi
+
+test: install system-deps
 	$(VENV)/bin/ruff check drover flows tasks tests bench
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest
