@@ -102,6 +102,7 @@ class UpgradePlan:
     batches: list[list[str]]          # control planes one at a time, then worker batches
     uncordon: list[str]               # already upgraded but left cordoned by a stopped run
     kubernetes_version: str | None    # None: every kubelet is already there
+    not_running: list[str] = field(default_factory=list)  # dead or unfinished: upgrade none
 
     @property
     def empty(self) -> bool:
@@ -133,7 +134,8 @@ def plan_upgrade(observed: Observed, talos_version: str, kubernetes_version: str
     wanted = kubernetes_version.removeprefix("v")
     kubelets = {(n.kubernetes_version or "").removeprefix("v") for n in nodes}
     return UpgradePlan(talos_version, batches, uncordon,
-                       kubernetes_version if kubelets - {wanted} else None)
+                       kubernetes_version if kubelets - {wanted} else None,
+                       [n.name for n in nodes if n.stage != "running"])
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
+from drover.errors import NodeFailed
 from drover.plan import plan_upgrade
 from flows import known_spec, run_parallel, start_timer
 from tasks.configure import prepare_cluster_dir
@@ -41,6 +42,10 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
                         max_unavailable or spec.spec.upgrade.max_unavailable)
     for line in plan.describe(cluster):
         logger.info(line)
+    if plan.not_running and not plan.empty:
+        raise NodeFailed(f"{plan.not_running[0]}: upgrade pre-flight: not running "
+                         f"({', '.join(plan.not_running)}); replace or repair it first; "
+                         "nothing was touched")
     if dry_run or plan.empty:
         result = {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
         if plan.empty:  # the message tells a fleet run this cluster was already current

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from drover.errors import QuorumError, StageTimeout, UpgradeFailed
+from drover.errors import NodeFailed, QuorumError, StageTimeout, UpgradeFailed
 from drover.spec import load_spec
 from flows.deploy import deploy_cluster
 from flows.health import check_health
@@ -189,3 +189,16 @@ def test_health_check_alerts_and_replaces_nothing_when_half_the_nodes_fail(
     assert result["replace"] == []
     assert result["alert"].startswith("t: 3 of 6 nodes are unhealthy (t-worker-1, t-worker-2, "
                                       "t-worker-3), more than the 40% limit: not replacing")
+
+
+def test_an_upgrade_with_a_dead_node_stops_in_pre_flight_touching_nothing(
+        tmp_path: Path) -> None:
+    config = deployed(tmp_path, workers=2)
+    lab = lab_of(config)
+    lab.kill("t-worker-2")
+    before = len(lab.events())
+
+    with pytest.raises(NodeFailed, match=r"^t-worker-2: upgrade pre-flight: not running"):
+        upgrade_cluster(cluster="t", talos_version=NEW)
+
+    assert len(lab.events()) == before
