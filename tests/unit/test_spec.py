@@ -128,3 +128,10 @@ def test_json_schema_describes_the_yaml_with_its_camel_case_names() -> None:
     assert {"talos", "kubernetes", "controlPlane", "workers", "patches", "provider",
             "deployment"} <= set(body)
     assert schema["$defs"]["ClusterBody"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs" / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_config_is_valid(config: Path) -> None:
+    spec = load_spec(config)
+    assert spec.spec.provider.kind in config.name
