@@ -12,154 +12,37 @@ naming the call. The token secret is never logged nor put in an error.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import itertools
 import logging
 import os
-import re
-import ssl
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
 from drover import retry
-from drover.errors import DroverError, NodeNotFound, ProviderError, StageTimeout, TransientError
+from drover.errors import DroverError, NodeNotFound, ProviderError, StageTimeout
 from drover.lab.clock import Clock, SystemClock
 from drover.provider_settings import ProxmoxProvider as ProxmoxSettings
 from drover.providers.base import Node, Provider, register
+from drover.providers.proxmox_api import (
+    GIB,
+    MAC,
+    SIZE,
+    TAKEN,
+    VM,
+    Missing,
+    ProxmoxAPI,
+    boot_iso,
+    pick_address,
+    shared_endpoint,
+)
 from drover.spec import ClusterSpec, NodeSpec, split_node_name
 
 log = logging.getLogger(__name__)
-
-_LOCKED = re.compile(r"can't lock file|is locked \(", re.I)  # another task holds the VM's lock
-_MISSING = re.compile(r"does not exist", re.I)
-_TAKEN = re.compile(r"already exists", re.I)
-_INSTALLER = re.compile(r"^(?P<host>[^/]+)/(?:[a-z0-9]+-)?installer(?P<sb>-secureboot)?/"
-                        r"(?P<id>[0-9a-f]{64}):(?P<version>v[0-9A-Za-z.+-]+)$")
-_SIZE = re.compile(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)")
-_MAC = re.compile(r"=((?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})")
-_GIB = {"K": 1 / 1024 ** 2, "M": 1 / 1024, "G": 1, "T": 1024, "": 1 / 1024 ** 3}
-
-
-class _Missing(ProviderError):
-    """Proxmox says the object does not exist (it answers 500, not 404)."""
-
-
-class _TokenAuth(httpx.Auth):
-    """`Authorization: PVEAPIToken=USER@REALM!TOKENID=SECRET`; its repr hides the secret."""
-
-    def __init__(self, token_id: str, secret: str) -> None:
-        self.token_id, self._secret = token_id, secret
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"PVEAPIToken={self.token_id}={self._secret}"
-        yield request
-
-    def scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***")
-
-    def __repr__(self) -> str:
-        return f"_TokenAuth({self.token_id!r}, secret=***)"
-
-
-@dataclass
-class _Endpoint:
-    """What every provider on one Proxmox API shares in this process (each task opens its own)."""
-
-    clones: threading.BoundedSemaphore
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    reserved: set[int] = field(default_factory=set)  # VMIDs handed to creates still in flight
-
-
-_ENDPOINTS: dict[tuple[str, int], _Endpoint] = {}
-_ENDPOINTS_LOCK = threading.Lock()
-
-
-def _endpoint(settings: ProxmoxSettings) -> _Endpoint:
-    key = (settings.url.rstrip("/"), settings.max_parallel_clones)
-    with _ENDPOINTS_LOCK:
-        if key not in _ENDPOINTS:
-            _ENDPOINTS[key] = _Endpoint(threading.BoundedSemaphore(settings.max_parallel_clones))
-        return _ENDPOINTS[key]
-
-
-@dataclass(frozen=True)
-class _VM:
-    vmid: int
-    node: str
-    name: str
-    status: str
-    tags: frozenset[str]
-    template: bool = False
-
-    @property
-    def path(self) -> str:
-        return f"/nodes/{self.node}/qemu/{self.vmid}"
-
-    @classmethod
-    def parse(cls, row: dict[str, Any]) -> _VM:
-        tags = frozenset(t for t in re.split(r"[;,\s]+", str(row.get("tags") or "")) if t)
-        return cls(int(row["vmid"]), str(row.get("node", "")), str(row.get("name", "")),
-                   str(row.get("status", "unknown")), tags, bool(row.get("template")))
-
-
-def _client(ca_file: str | None) -> httpx.Client:
-    try:  # certificates and host names are always verified; ca_file only adds a private CA
-        context = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ProviderError(f"spec.provider.caFile: cannot load {ca_file!r}: {exc}") from None
-    return httpx.Client(verify=context, timeout=httpx.Timeout(30.0, connect=10.0))
-
-
-def _message(resp: httpx.Response) -> str:
-    """Proxmox puts the reason in the status line; newer versions also in `message`/`errors`."""
-    parts = [resp.reason_phrase]
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        if body.get("message"):
-            parts = [str(body["message"])]
-        if isinstance(body.get("errors"), dict):
-            parts += [f"{k}: {v}" for k, v in body["errors"].items()]
-    return "; ".join(p.strip() for p in parts if p and p.strip()) or "no message"
-
-
-def _boot_iso(image: str) -> tuple[str, str]:
-    """The Image Factory's metal ISO for an installer image: (URL, file name on the storage)."""
-    m = _INSTALLER.match(image)
-    if m is None:
-        raise ProviderError(f"cannot derive a Talos boot ISO from the installer image {image!r} "
-                            "(expected <factory>/<platform>-installer/<schematic>:<version>); "
-                            "use an Image Factory installer, or set spec.provider.templateVmid")
-    iso = f"metal-amd64{m['sb'] or ''}.iso"
-    return (f"https://{m['host']}/image/{m['id']}/{m['version']}/{iso}",
-            f"talos-{m['id'][:12]}-{m['version']}-{iso}")
-
-
-def _pick_address(answer: Any, mac: str, skip: set[str]) -> str:
-    """The first usable address of the VM's NIC (IPv4 first), from network-get-interfaces."""
-    interfaces = answer.get("result") if isinstance(answer, dict) else None
-    interfaces = [i for i in interfaces or [] if isinstance(i, dict)]
-    own = [i for i in interfaces if str(i.get("hardware-address", "")).lower() == mac.lower()]
-    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for iface in own if mac and own else interfaces:  # its own NIC, not cni0 or kube-ipvs0
-        for entry in iface.get("ip-addresses") or []:
-            try:
-                ip = ipaddress.ip_address(str(entry.get("ip-address", "")).split("%")[0])
-            except ValueError:
-                continue
-            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified
-                    or ip.is_multicast or str(ip) in skip):
-                found.append(ip)
-    found.sort(key=lambda ip: ip.version)  # stable: keeps the agent's order within a family
-    return str(found[0]) if found else ""
 
 
 class ProxmoxProvider(Provider):
@@ -194,14 +77,12 @@ class ProxmoxProvider(Provider):
                                 f"set{block}")
         self.spec, self.settings = spec, settings
         self.clock = clock or SystemClock()
-        self.http = client or _client(settings.ca_file)
-        self.task_timeout, self.poll_interval = task_timeout, poll_interval
+        self.api = ProxmoxAPI(settings, secret, self.clock, client, task_timeout, poll_interval)
+        self.poll_interval = poll_interval
         self.address_timeout = (spec.spec.deployment.timeouts.provision_seconds
                                 if address_timeout is None else address_timeout)
         self.full_clone, self.user_data = full_clone, user_data
-        self._auth = _TokenAuth(settings.token_id, secret)
-        self._api = settings.url.rstrip("/") + "/api2/json"
-        self._shared = _endpoint(settings)
+        self._shared = shared_endpoint(settings)
         self._tags = frozenset({"drover", f"cluster-{spec.name}"})
         self._skip = {urlparse(spec.spec.kubernetes.endpoint).hostname or ""}  # a shared VIP
         self._audited = False
@@ -211,7 +92,7 @@ class ProxmoxProvider(Provider):
         self._iso_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"ProxmoxProvider({self.spec.name!r}, {self.settings.url!r}, {self._auth!r})"
+        return f"ProxmoxProvider({self.spec.name!r}, {self.settings.url!r}, {self.api.auth!r})"
 
     # ---- the Provider interface ---------------------------------------------------------
 
@@ -238,7 +119,7 @@ class ProxmoxProvider(Provider):
             self._configure(vm, node)
         if vm.status != "running":
             log.info("%s: starting VM %s on %s", node.name, vm.vmid, vm.node)
-            self._task("POST", f"{vm.path}/status/start", f"{node.name}: start VM {vm.vmid}")
+            self.api.task("POST", f"{vm.path}/status/start", f"{node.name}: start VM {vm.vmid}")
             vm = dataclasses.replace(vm, status="running")
         return self._node(vm, self._wait_address(vm))
 
@@ -259,10 +140,10 @@ class ProxmoxProvider(Provider):
             return
         try:
             if vm.status != "stopped":
-                self._task("POST", f"{vm.path}/status/stop", f"{name}: stop VM {vm.vmid}")
-            self._task("DELETE", vm.path, f"{name}: destroy VM {vm.vmid}", purge=1,
+                self.api.task("POST", f"{vm.path}/status/stop", f"{name}: stop VM {vm.vmid}")
+            self.api.task("DELETE", vm.path, f"{name}: destroy VM {vm.vmid}", purge=1,
                        **{"destroy-unreferenced-disks": 1})
-        except _Missing:
+        except Missing:
             pass  # gone in the meantime, which is what we wanted
         self._addresses.pop(vm.vmid, None)
         log.info("%s: VM %s destroyed (disks purged)", name, vm.vmid)
@@ -271,78 +152,17 @@ class ProxmoxProvider(Provider):
         clock = "wall-clock time" if self.clock.real else "virtual time (no real waiting)"
         return 1.0, f"proxmox, {clock}"
 
-    # ---- the API: one call, one task -----------------------------------------------------
-
-    def _request(self, method: str, path: str, **params: Any) -> Any:
-        what = f"{method} {path}"
-        form = {k: int(v) if isinstance(v, bool) else v for k, v in params.items()
-                if v is not None}
-        body = {"params": form} if method in ("GET", "DELETE") else {"data": form}
-        try:
-            resp = self.http.request(method, self._api + path, auth=self._auth, **body)
-        except httpx.TransportError as exc:
-            # `from None`: the cause carries the request, and with it the token header
-            raise TransientError(self._auth.scrub(
-                f"Proxmox {what}: {type(exc).__name__}: {exc}")) from None
-        if resp.is_success:
-            try:
-                answer = resp.json()
-            except ValueError:
-                raise TransientError(f"Proxmox {what}: HTTP {resp.status_code}: not JSON") from None
-            return answer.get("data") if isinstance(answer, dict) else None
-        message = self._auth.scrub(_message(resp))
-        text = f"Proxmox {what}: HTTP {resp.status_code}: {message}"
-        if _MISSING.search(message):
-            raise _Missing(text)
-        if resp.status_code >= 500 or _LOCKED.search(message):
-            raise TransientError(text)
-        if resp.status_code == 401:
-            text += f" (check API token {self.settings.token_id} and its secret)"
-        raise ProviderError(text)
-
-    def _call(self, method: str, path: str, **params: Any) -> Any:
-        return retry.call(retry.api_call(self.clock), self._request, method, path, **params)
-
-    def _submit(self, method: str, path: str, what: str, **params: Any) -> None:
-        """One attempt: the call, then its task (if it started one) until it stops."""
-        answer = self._request(method, path, **params)
-        if isinstance(answer, str) and answer.startswith("UPID:"):
-            self._wait_task(answer, what)
-
-    def _task(self, method: str, path: str, what: str, **params: Any) -> None:
-        retry.call(retry.api_call(self.clock), self._submit, method, path, what, **params)
-
-    def _wait_task(self, upid: str, what: str) -> None:
-        path = f"/nodes/{upid.split(':')[1]}/tasks/{upid}/status"
-
-        def stopped() -> dict[str, Any] | None:
-            status = self._call("GET", path) or {}
-            return status if status.get("status") == "stopped" else None
-
-        done = retry.poll_until(stopped, clock=self.clock, timeout=self.task_timeout,
-                                interval=self.poll_interval, on_timeout=lambda: ProviderError(
-                                    f"{what}: task {upid} still running after "
-                                    f"{self.task_timeout:.0f}s"))
-        exit_status = str(done.get("exitstatus") or "")
-        if exit_status == "OK":
-            return
-        if exit_status.startswith("WARNINGS"):  # finished, and logged something on the way
-            log.warning("%s: task %s ended with %s", what, upid, exit_status)
-            return
-        text = self._auth.scrub(f"{what}: task {upid} failed: {exit_status or 'no exit status'}")
-        raise (TransientError if _LOCKED.search(exit_status) else ProviderError)(text)
-
     # ---- finding VMs ---------------------------------------------------------------------
 
-    def _vms(self) -> list[_VM]:
+    def _vms(self) -> list[VM]:
         if not self._audited:
             self._check_audit()
-        rows = self._call("GET", "/cluster/resources", type="vm") or []
-        return [_VM.parse(r) for r in rows if r.get("type", "qemu") == "qemu" and "vmid" in r]
+        rows = self.api.call("GET", "/cluster/resources", type="vm") or []
+        return [VM.parse(r) for r in rows if r.get("type", "qemu") == "qemu" and "vmid" in r]
 
     def _check_audit(self) -> None:
         """A token without VM.Audit sees an empty VM list: say so rather than report no nodes."""
-        perms = self._call("GET", "/access/permissions") or {}
+        perms = self.api.call("GET", "/access/permissions") or {}
         paths = ["/vms", "/"] + ([f"/pool/{self.settings.pool}"] if self.settings.pool else [])
         if not any("VM.Audit" in (perms.get(p) or {}) for p in paths):
             raise ProviderError(
@@ -354,7 +174,7 @@ class ProxmoxProvider(Provider):
     def _marker(self, name: str) -> str:
         return f"drover: cluster {self.spec.name}, node {name}"
 
-    def _lookup(self, name: str) -> tuple[_VM | None, list[_VM]]:
+    def _lookup(self, name: str) -> tuple[VM | None, list[VM]]:
         """This cluster's VM of that name (tagged, or cloned and marked but not yet tagged),
         and any other VMs carrying the name."""
         named = [vm for vm in self._vms() if vm.name == name and not vm.template]
@@ -366,11 +186,11 @@ class ProxmoxProvider(Provider):
             return mine[0], []
         for vm in named:
             if "drover" not in vm.tags and self._marker(name) in str(
-                    (self._call("GET", f"{vm.path}/config") or {}).get("description", "")):
+                    (self.api.call("GET", f"{vm.path}/config") or {}).get("description", "")):
                 return vm, []
         return None, named
 
-    def _template(self) -> _VM:
+    def _template(self) -> VM:
         tid = self.settings.template_vmid
         found = next((vm for vm in self._vms() if vm.vmid == tid), None)
         if found is None:
@@ -381,7 +201,7 @@ class ProxmoxProvider(Provider):
                                 f"template; convert it first (qm template {tid})")
         return found
 
-    def _node(self, vm: _VM, address: str) -> Node:
+    def _node(self, vm: VM, address: str) -> Node:
         try:
             pool = split_node_name(self.spec.name, vm.name)[0]
         except ValueError:
@@ -399,7 +219,7 @@ class ProxmoxProvider(Provider):
         except ValueError:
             return nodes[0]
 
-    def _build(self, node: NodeSpec, image: str) -> _VM:
+    def _build(self, node: NodeSpec, image: str) -> VM:
         target = self._place(node.name)
         template = self._template() if self.settings.template_vmid is not None else None
         iso = None if template else self._ensure_iso(target, image)
@@ -410,8 +230,8 @@ class ProxmoxProvider(Provider):
             self._configure(vm, node)
         return dataclasses.replace(vm, tags=self._tags)
 
-    def _build_once(self, node: NodeSpec, target: str, template: _VM | None,
-                    iso: str | None) -> _VM:
+    def _build_once(self, node: NodeSpec, target: str, template: VM | None,
+                    iso: str | None) -> VM:
         found, _ = self._lookup(node.name)  # a lost answer to an earlier attempt made it
         if found is not None:
             return found
@@ -419,7 +239,7 @@ class ProxmoxProvider(Provider):
             if template is not None:
                 log.info("%s: cloning template %s to VM %s on %s", node.name, template.vmid,
                          vmid, target)
-                self._submit(
+                self.api.submit(
                     "POST", f"{template.path}/clone", f"{node.name}: clone to VM {vmid}",
                     newid=vmid, name=node.name, description=self._marker(node.name),
                     pool=self.settings.pool, full=self.full_clone,
@@ -427,19 +247,19 @@ class ProxmoxProvider(Provider):
                     target=target if target != template.node else None)
             else:
                 log.info("%s: creating VM %s on %s from %s", node.name, vmid, target, iso)
-                self._submit(
+                self.api.submit(
                     "POST", f"/nodes/{target}/qemu", f"{node.name}: create VM {vmid}",
                     vmid=vmid, name=node.name, description=self._marker(node.name),
                     pool=self.settings.pool, ostype="l26",
                     scsi0=f"{self.settings.storage}:{node.size.disk_gib}",
                     ide2=f"{iso},media=cdrom", boot="order=scsi0;ide2", **self._hardware(node))
-        return _VM(vmid, target, node.name, "stopped", frozenset())
+        return VM(vmid, target, node.name, "stopped", frozenset())
 
     @contextmanager
     def _new_vmid(self) -> Iterator[int]:
         shared = self._shared
         with shared.lock:
-            vmid = int(self._request("GET", "/cluster/nextid"))  # free, unless handed out here
+            vmid = int(self.api.request("GET", "/cluster/nextid"))  # free, unless handed out here
             if vmid in shared.reserved:  # to a create whose VM does not show yet
                 vmid = self._free_vmid_from(vmid + 1)
             shared.reserved.add(vmid)
@@ -455,16 +275,16 @@ class ProxmoxProvider(Provider):
             if vmid in self._shared.reserved:
                 continue
             try:  # nextid?vmid=N answers N when it is free, and refuses when a VM has it
-                return int(self._request("GET", "/cluster/nextid", vmid=vmid))
+                return int(self.api.request("GET", "/cluster/nextid", vmid=vmid))
             except ProviderError as exc:
-                if not _TAKEN.search(str(exc)):
+                if not TAKEN.search(str(exc)):
                     raise
         raise AssertionError("unreachable")
 
     def _hardware(self, node: NodeSpec, config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Sizes from the spec; no VirtIO SCSI single (Talos bootstrap hangs), no ballooning."""
         size, config = node.size, config or {}
-        mac = _MAC.search(str(config.get("net0", "")))  # keep it: DHCP reservations use it
+        mac = MAC.search(str(config.get("net0", "")))  # keep it: DHCP reservations use it
         params: dict[str, Any] = {
             "tags": ";".join(sorted(self._tags)), "cores": size.cpus, "sockets": 1,
             "memory": size.memory_mib, "balloon": 0, "cpu": "x86-64-v2-AES",
@@ -477,24 +297,24 @@ class ProxmoxProvider(Provider):
                 params["ide0"] = f"{self.settings.storage}:cloudinit"
         return params
 
-    def _configure(self, vm: _VM, node: NodeSpec) -> None:
-        config = self._call("GET", f"{vm.path}/config") or {}
+    def _configure(self, vm: VM, node: NodeSpec) -> None:
+        config = self.api.call("GET", f"{vm.path}/config") or {}
         log.info("%s: configuring VM %s: %d vCPU, %d MiB, %d GiB", node.name, vm.vmid,
                  node.size.cpus, node.size.memory_mib, node.size.disk_gib)
-        self._task("POST", f"{vm.path}/config", f"{node.name}: configure VM {vm.vmid}",
+        self.api.task("POST", f"{vm.path}/config", f"{node.name}: configure VM {vm.vmid}",
                    **self._hardware(node, config))
         disk = next((d for d in ("scsi0", "virtio0", "sata0") if d in config), None)
-        size = _SIZE.search(str(config.get(disk, ""))) if disk else None
-        if disk and size and float(size[1]) * _GIB[size[2]] < node.size.disk_gib:
-            self._task("PUT", f"{vm.path}/resize", f"{node.name}: grow {disk} of VM {vm.vmid}",
+        size = SIZE.search(str(config.get(disk, ""))) if disk else None
+        if disk and size and float(size[1]) * GIB[size[2]] < node.size.disk_gib:
+            self.api.task("PUT", f"{vm.path}/resize", f"{node.name}: grow {disk} of VM {vm.vmid}",
                        disk=disk, size=f"{node.size.disk_gib}G")
 
     def _ensure_iso(self, pve: str, image: str) -> str:
         with self._iso_lock:
             if (pve, image) in self._isos:
                 return self._isos[pve, image]
-            url, filename = _boot_iso(image)
-            rows = self._call("GET", f"/nodes/{pve}/storage", content="iso", enabled=1) or []
+            url, filename = boot_iso(image)
+            rows = self.api.call("GET", f"/nodes/{pve}/storage", content="iso", enabled=1) or []
             names = [str(r["storage"]) for r in rows if r.get("storage")]
             storage = next((s for s in (self.settings.storage, "local") if s in names),
                            names[0] if names else None)
@@ -502,10 +322,10 @@ class ProxmoxProvider(Provider):
                 raise ProviderError(f"{pve}: no enabled storage takes ISO images; add one, "
                                     "or set spec.provider.templateVmid")
             volid = f"{storage}:iso/{filename}"
-            have = self._call("GET", f"/nodes/{pve}/storage/{storage}/content", content="iso")
+            have = self.api.call("GET", f"/nodes/{pve}/storage/{storage}/content", content="iso")
             if volid not in {row.get("volid") for row in have or []}:
                 log.info("%s: downloading %s to %s", pve, url, volid)
-                self._task("POST", f"/nodes/{pve}/storage/{storage}/download-url",
+                self.api.task("POST", f"/nodes/{pve}/storage/{storage}/download-url",
                            f"{pve}: download {filename}", content="iso", filename=filename,
                            url=url, **{"verify-certificates": 1})
             self._isos[pve, image] = volid
@@ -513,27 +333,27 @@ class ProxmoxProvider(Provider):
 
     # ---- addresses -----------------------------------------------------------------------
 
-    def _address(self, vm: _VM) -> str:
+    def _address(self, vm: VM) -> str:
         """The VM's address from its guest agent now, or "" (not running, agent silent)."""
         if vm.status != "running":
             return ""
         if vm.vmid in self._addresses:
             return self._addresses[vm.vmid]
         try:
-            answer = self._request("GET", f"{vm.path}/agent/network-get-interfaces")
+            answer = self.api.request("GET", f"{vm.path}/agent/network-get-interfaces")
             if vm.vmid not in self._macs:
-                net0 = str((self._call("GET", f"{vm.path}/config") or {}).get("net0", ""))
-                mac = _MAC.search(net0)
+                net0 = str((self.api.call("GET", f"{vm.path}/config") or {}).get("net0", ""))
+                mac = MAC.search(net0)
                 self._macs[vm.vmid] = mac[1] if mac else ""
         except DroverError as exc:  # "QEMU guest agent is not running" is a 500
             log.debug("%s: no address yet: %s", vm.name, exc)
             return ""
-        address = _pick_address(answer, self._macs[vm.vmid], self._skip)
+        address = pick_address(answer, self._macs[vm.vmid], self._skip)
         if address:
             self._addresses[vm.vmid] = address
         return address
 
-    def _wait_address(self, vm: _VM) -> str:
+    def _wait_address(self, vm: VM) -> str:
         timeout = self.address_timeout
         address: str = retry.poll_until(
             lambda: self._address(vm) or None, clock=self.clock, timeout=timeout,
