@@ -1,0 +1,461 @@
+"""SSH to hypervisor hosts over paramiko: pooled connections, commands, verified uploads.
+
+It owns every byte drover sends over SSH. Connections are pooled per (host, port, user)
+and shared by threads; a dead one is reopened on the next `connect`. Keys come from
+`key_file`, from a key string (the value of the target's Prefect Secret block, which the
+tasks layer resolves and passes in), or else from the SSH agent. Host keys are checked
+against `target.known_hosts` with a RejectPolicy, on every `connect`, pooled or not: an
+unknown key is never accepted, and nothing here ever writes to known_hosts. Commands are
+argv lists joined with shlex.join and run under timeout(1) on the host, so a command that
+runs out of time is killed there, not left behind. Argv shows up in logs, in errors and in
+the host's process list: callers pass secrets on stdin, never in argv.
+
+    DroverError
+    └── SshError                          an SSH operation on a host failed
+        ├── HostKeyError                  the host key could not be verified; nothing sent
+        │   ├── UnknownHostKey            not in known_hosts: its fingerprint, and the fix
+        │   └── HostKeyChanged            differs from known_hosts: possible MITM
+        ├── SshAuthFailed                 no usable private key, or the host refused it
+        ├── CommandFailed                 a non-zero exit: the command and its stderr tail
+        ├── CommandTimeout (TimeoutError) a command ran out of time and was killed
+        ├── UploadFailed                  an upload could not be written or verified
+        └── SshUnavailable (TransientError)  refused, reset, timed out; connect retries it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from tenacity import Retrying
+
+from drover.errors import DroverError, TransientError
+from drover.lab.clock import SystemClock
+from drover.provider_settings import SshTarget
+from drover.retry import api_call, call
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE = 5.0      # after timeout(1) sends TERM: seconds until KILL, and until we hang up
+_CHUNK = 256 * 1024
+_TAIL = 2000          # characters of stderr an error message keeps
+
+
+class SshError(DroverError):
+    """An SSH operation on a host failed."""
+
+
+class HostKeyError(SshError):
+    """The host key could not be verified against known_hosts; nothing was sent to the host."""
+
+
+class UnknownHostKey(HostKeyError):
+    """The host key is not in known_hosts; the message names its fingerprint and the fix."""
+
+    def __init__(self, target: SshTarget, key: paramiko.PKey, known_hosts: Path) -> None:
+        self.fingerprint = key.fingerprint
+        super().__init__(
+            f"{_label(target)}: host key {key.get_name()} {key.fingerprint} is not in "
+            f"{known_hosts}, so it is refused. Check this fingerprint out of band (on the host: "
+            f"ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then trust it with: "
+            f"ssh-keyscan -p {target.port} {target.host} >> {shlex.quote(str(known_hosts))}")
+
+
+class HostKeyChanged(HostKeyError):
+    """The host offered a key other than the one in known_hosts: possibly a MITM."""
+
+    def __init__(self, target: SshTarget, got: paramiko.PKey, expected: paramiko.PKey,
+                 known_hosts: Path) -> None:
+        self.fingerprint, self.expected_fingerprint = got.fingerprint, expected.fingerprint
+        super().__init__(
+            f"{_label(target)}: HOST KEY CHANGED, possible man-in-the-middle attack: the host "
+            f"offered {got.get_name()} {got.fingerprint}, {known_hosts} expects "
+            f"{expected.get_name()} {expected.fingerprint}. If the host was reinstalled, check "
+            f"the new fingerprint out of band and replace its line in {known_hosts}.")
+
+
+class SshAuthFailed(SshError):
+    """No usable private key (missing, encrypted, unreadable), or the host refused it."""
+
+
+class CommandFailed(SshError):
+    """A command exited non-zero; carries the command, its exit status and stderr."""
+
+    def __init__(self, label: str, command: Sequence[str], exit_status: int,
+                 stderr: str) -> None:
+        self.command, self.exit_status, self.stderr = list(command), exit_status, stderr
+        how = "was killed (no exit status)" if exit_status < 0 else f"exited {exit_status}"
+        super().__init__(f"{label}: `{shlex.join(command)}` {how}: {stderr[-_TAIL:].strip()}")
+
+
+class CommandTimeout(SshError, TimeoutError):
+    """A command ran out of time; it was killed on the host and its channel closed."""
+
+    def __init__(self, label: str, command: Sequence[str], timeout: float, stdout: str,
+                 stderr: str) -> None:
+        self.command, self.stdout, self.stderr = list(command), stdout, stderr
+        super().__init__(f"{label}: `{shlex.join(command)}` timed out after {timeout:g}s: "
+                         f"{stderr[-_TAIL:].strip()}")
+
+
+class UploadFailed(SshError):
+    """An upload could not be written, or the host's copy does not match the local file."""
+
+
+class SshUnavailable(SshError, TransientError):
+    """The host could not be reached or the connection dropped (refused, reset, timed out)."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: list[str]
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    remote: str
+    sha256: str
+    skipped: bool         # the host already had this exact file
+    transferred: int      # bytes sent this time
+    resumed_from: int     # bytes of an earlier `<remote>.part` that were kept
+
+
+def _label(target: SshTarget) -> str:
+    return f"{target.host}:{target.port}"
+
+
+def _host_key_name(target: SshTarget) -> str:
+    """How known_hosts names the host (OpenSSH's format, as ssh-keyscan writes it)."""
+    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+
+
+def _known_hosts(target: SshTarget) -> tuple[Path, paramiko.HostKeys]:
+    """The known_hosts file and its keys; a missing file knows no host (every key unknown)."""
+    path, known = Path(target.known_hosts).expanduser(), paramiko.HostKeys()
+    try:
+        if path.exists():
+            known.load(str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SshError(f"{_label(target)}: cannot read known_hosts {path}: {exc}") from exc
+    return path, known
+
+
+class _RejectUnknown(paramiko.RejectPolicy):
+    """paramiko's RejectPolicy, raising an error that says which key and how to trust it."""
+
+    def __init__(self, target: SshTarget, known_hosts: Path) -> None:
+        self.target, self.known_hosts = target, known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        raise UnknownHostKey(self.target, key, self.known_hosts)
+
+
+_KEY_TYPES = ((rsa.RSAPrivateKey, paramiko.RSAKey), (ed25519.Ed25519PrivateKey,
+              paramiko.Ed25519Key), (ec.EllipticCurvePrivateKey, paramiko.ECDSAKey))
+
+
+def _private_key(target: SshTarget, private_key: str | None) -> paramiko.PKey | None:
+    """The key to offer, or None for the SSH agent. Messages never quote key material."""
+    label = _label(target)
+    if private_key is not None:
+        text = private_key
+        source = (f"secret block {target.key_secret_block!r}" if target.key_secret_block
+                  else "the private key given")
+    elif target.key_file:
+        path = Path(target.key_file).expanduser()
+        source = f"key file {path}"
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise SshAuthFailed(f"{label}: cannot read {source}: {reason}") from None
+    elif target.key_secret_block:
+        raise SshAuthFailed(f"{label}: secret block {target.key_secret_block!r} was not "
+                            "resolved; pass its value as private_key")
+    else:
+        return None
+    data = text.encode()
+    try:
+        try:
+            loaded = serialization.load_ssh_private_key(data, password=None)
+        except ValueError:
+            loaded = serialization.load_pem_private_key(data, password=None)
+        for crypto_type, key_class in _KEY_TYPES:
+            if isinstance(loaded, crypto_type):  # paramiko reads the OpenSSH form of them all
+                openssh = loaded.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption())
+                return key_class.from_private_key(io.StringIO(openssh.decode()))
+    except TypeError:  # cryptography: the key is encrypted and no password was given
+        raise SshAuthFailed(f"{label}: {source} is encrypted; load it into the SSH agent "
+                            "and leave key_file unset") from None
+    except Exception:  # its message might quote the key: say nothing of it
+        raise SshAuthFailed(f"{label}: {source} is not a private key paramiko reads") from None
+    raise SshAuthFailed(f"{label}: {source}: unsupported key type {type(loaded).__name__}")
+
+
+def _open(target: SshTarget, private_key: str | None, timeout: float) -> Connection:
+    label, known_hosts = _label(target), _known_hosts(target)[0]
+    pkey = _private_key(target, private_key)
+    client = paramiko.SSHClient()
+    if known_hosts.exists():
+        client.load_system_host_keys(str(known_hosts))  # paramiko never writes these back
+    client.set_missing_host_key_policy(_RejectUnknown(target, known_hosts))
+    try:
+        client.connect(target.host, target.port, target.user, pkey=pkey,
+                       allow_agent=pkey is None, look_for_keys=False, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout)
+    except BaseException as exc:
+        client.close()
+        if isinstance(exc, HostKeyError):
+            raise
+        if isinstance(exc, paramiko.BadHostKeyException):
+            raise HostKeyChanged(target, exc.key, exc.expected_key, known_hosts) from exc
+        if isinstance(exc, paramiko.AuthenticationException) or (
+                isinstance(exc, paramiko.SSHException)
+                and "No authentication methods" in str(exc)):
+            how = "the agent" if pkey is None else "the key"
+            raise SshAuthFailed(f"{label}: {target.user} not let in with {how}: {exc}") from exc
+        if isinstance(exc, paramiko.IncompatiblePeer):
+            raise SshError(f"{label}: no algorithm in common: {exc}") from exc
+        if isinstance(exc, OSError | EOFError | paramiko.SSHException):
+            raise SshUnavailable(f"{label}: {exc or exc.__class__.__name__}") from exc
+        raise
+    connection = Connection(target, client)
+    transport = connection.transport
+    # without it, each channel request waits out a delayed ACK (~40 ms a command)
+    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = transport.get_remote_server_key()
+    log.info("%s: connected as %s (host key %s %s)", label, target.user, key.get_name(),
+             key.fingerprint)
+    return connection
+
+
+class Connection:
+    """An authenticated session to one host; threads share it, one channel per command."""
+
+    def __init__(self, target: SshTarget, client: paramiko.SSHClient) -> None:
+        self.target, self.label, self._client = target, _label(target), client
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SshUnavailable(f"{self.label}: the connection is closed; connect again")
+        return transport
+
+    @property
+    def is_open(self) -> bool:
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def check_host_key(self, target: SshTarget) -> None:
+        """Check the key this session was opened with against target.known_hosts, now."""
+        known_hosts, known = _known_hosts(target)
+        key = self.transport.get_remote_server_key()
+        entry = known.lookup(_host_key_name(target))
+        if entry is None:
+            raise UnknownHostKey(target, key, known_hosts)
+        expected = entry.get(key.get_name())
+        if expected != key:
+            raise HostKeyChanged(target, key, expected or next(iter(entry.values())),
+                                 known_hosts)
+
+    def run(self, command: Sequence[str], timeout: float, stdin: bytes | None = None, *,
+            check: bool = True) -> CommandResult:
+        """Run argv `command` (command[0] a program; use ["sh", "-c", script] for shell
+        syntax), feeding it `stdin`, which is how secrets go. Raises CommandFailed on a
+        non-zero exit unless not `check`, and CommandTimeout after `timeout` seconds."""
+        argv, shown = list(command), shlex.join(command)
+        line = shlex.join(["timeout", "-k", f"{KILL_GRACE:.0f}", f"{timeout:.3f}", *argv])
+        started = time.monotonic()
+        deadline = started + timeout + 2 * KILL_GRACE  # the host's kill, or we hang up
+        try:
+            channel = self.transport.open_session(timeout=timeout)
+            try:
+                channel.settimeout(timeout)  # bounds sending stdin to a command not reading it
+                channel.exec_command(line)
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+                out, err, finished = _collect(channel, deadline)
+                status = channel.recv_exit_status() if finished else None
+            finally:
+                channel.close()
+            alive = self.is_open
+        except TimeoutError:
+            status, out, err, alive = None, b"", b"", True
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            why = exc or type(exc).__name__
+            raise SshUnavailable(f"{self.label}: `{shown}`: {why}") from exc
+        elapsed = time.monotonic() - started
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        log.debug("%s: `%s` exited %s in %.2fs", self.label, shown, status, elapsed)
+        if status is None or (status in (124, 137) and elapsed >= timeout):  # timeout(1)
+            raise CommandTimeout(self.label, argv, timeout, stdout, stderr)
+        if status < 0 and not alive:
+            raise SshUnavailable(f"{self.label}: `{shown}`: the connection dropped")
+        if status != 0 and check:
+            raise CommandFailed(self.label, argv, status, stderr)
+        return CommandResult(argv, status, stdout, stderr)
+
+    def sha256(self, remote: str, timeout: float) -> str:
+        """The sha256 of a file on the host, computed there with sha256sum."""
+        result = self.run(["sha256sum", "--", remote], timeout)
+        return result.stdout.split()[0].lstrip("\\")  # '\' flags an escaped file name
+
+    def upload(self, local: Path, remote: str, timeout: float = 300.0) -> Upload:
+        """Copy `local` to `remote` by SFTP through `<remote>.part`, renamed once its sha256
+        matches; skipped when `remote` already matches, resumed when the .part is a prefix.
+        `timeout` bounds each step (a remote hash, an SFTP request), not the whole copy."""
+        local = Path(local)
+        size, digest = local.stat().st_size, _sha256_file(local)
+        part = f"{remote}.part"
+        try:
+            with self._client.open_sftp() as sftp:
+                sftp.get_channel().settimeout(timeout)
+                if _size(sftp, remote) == size and self.sha256(remote, timeout) == digest:
+                    log.info("%s: %s already there (sha256 %s)", self.label, remote, digest)
+                    return Upload(remote, digest, skipped=True, transferred=0, resumed_from=0)
+                offset = _size(sftp, part) or 0
+                if offset and (offset > size or self.sha256(part, timeout)
+                               != _sha256_file(local, limit=offset)):
+                    offset = 0  # not a prefix of this file: start over
+                with (local.open("rb") as source,
+                      sftp.open(part, "r+b" if offset else "wb") as target):
+                    target.set_pipelined(True)
+                    source.seek(offset)
+                    target.seek(offset)
+                    while chunk := source.read(_CHUNK):
+                        target.write(chunk)
+                if self.sha256(part, timeout) != digest:
+                    sftp.remove(part)
+                    raise UploadFailed(f"{self.label}: {part} does not match {local} after "
+                                       "the upload; removed it")
+                sftp.posix_rename(part, remote)  # atomic: a half file never has the name
+        except (EOFError, ConnectionError, TimeoutError, paramiko.SSHException) as exc:
+            raise SshUnavailable(f"{self.label}: upload to {remote}: {exc}") from exc
+        except OSError as exc:  # the SFTP server refused: permission, no such folder, full
+            raise UploadFailed(f"{self.label}: upload {local} to {remote}: {exc}") from exc
+        log.info("%s: uploaded %s to %s (%d bytes%s)", self.label, local.name, remote,
+                 size - offset, f", resumed at {offset}" if offset else "")
+        return Upload(remote, digest, skipped=False, transferred=size - offset,
+                      resumed_from=offset)
+
+
+def _collect(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes, bool]:
+    """Read stdout and stderr until the host closes the channel; False if time ran out."""
+    out, err = bytearray(), bytearray()
+    while True:
+        while channel.recv_ready():
+            out += channel.recv(_CHUNK)
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(_CHUNK)
+        if channel.closed and not (channel.recv_ready() or channel.recv_stderr_ready()):
+            return bytes(out), bytes(err), True
+        remaining = deadline - time.monotonic()  # real I/O: a wall-clock deadline
+        if remaining <= 0:
+            return bytes(out), bytes(err), False
+        select.select([channel], [], [], remaining)  # woken by data, or by the close
+
+
+def _size(sftp: paramiko.SFTPClient, path: str) -> int | None:
+    try:
+        return sftp.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _sha256_file(path: Path, limit: int | None = None) -> str:
+    digest, left = hashlib.sha256(), limit
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK if left is None else min(_CHUNK, left)):
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest.hexdigest()
+
+
+class Pool:
+    """Open connections by (host, port, user), shared by threads; dead ones are reopened."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: dict[tuple[str, int, str], Connection] = {}
+        self._opening: dict[tuple[str, int, str], threading.Lock] = {}
+
+    def connect(self, target: SshTarget, private_key: str | None = None, *,
+                policy: Retrying | None = None, timeout: float = 10.0) -> Connection:
+        """The pooled connection to `target` (its host key checked again), or a new one.
+
+        `private_key` is the value of target.key_secret_block, resolved by the caller;
+        without it, target.key_file, else the SSH agent. SshUnavailable is retried by
+        `policy` (default drover.retry.api_call), which ends in RetriesExhausted.
+        """
+        key = (target.host, target.port, target.user)
+        with self._lock:
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:  # one handshake per host at a time; other hosts do not wait
+            with self._lock:
+                connection = self._connections.pop(key, None)
+            if connection is not None and connection.is_open:
+                try:
+                    connection.check_host_key(target)
+                except HostKeyError:
+                    connection.close()
+                    raise
+            else:
+                if connection is not None:
+                    log.info("%s: connection closed; reconnecting", connection.label)
+                    connection.close()
+                connection = call(policy or api_call(SystemClock()), _open, target,
+                                  private_key, timeout)
+            with self._lock:
+                self._connections[key] = connection
+            return connection
+
+    def close_all(self) -> None:
+        with self._lock:
+            connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            connection.close()
+
+
+_POOL = Pool()
+
+
+def connect(target: SshTarget, private_key: str | None = None, *,
+            policy: Retrying | None = None, timeout: float = 10.0) -> Connection:
+    """A connection to `target` from the process-wide pool (see Pool.connect)."""
+    return _POOL.connect(target, private_key, policy=policy, timeout=timeout)
+
+
+def close_all() -> None:
+    """Close every pooled connection (at the end of a flow run, or in tests)."""
+    _POOL.close_all()
+
+
+__all__ = [
+    "CommandFailed", "CommandResult", "CommandTimeout", "Connection", "HostKeyChanged",
+    "HostKeyError", "Pool", "SshAuthFailed", "SshError", "SshUnavailable", "UnknownHostKey",
+    "Upload", "UploadFailed", "close_all", "connect",
+]
