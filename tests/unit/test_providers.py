@@ -85,7 +85,7 @@ def test_unregistered_talos_backend_is_rejected_naming_the_field_and_the_known_o
     monkeypatch.delitem(TALOS_BACKENDS.factories, "lab")
 
     with pytest.raises(ValueError, match=r"^spec\.talos\.api: no Talos backend 'lab'; "
-                                         r"known: $"):
+                                         r"known: talosctl$"):
         open_talos(make_spec())
 
 
