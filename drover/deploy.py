@@ -96,9 +96,12 @@ def provision_node(infra: Infra, node: NodeSpec, image: str) -> float:
 
 
 def prepare_cluster_dir(spec: ClusterSpec) -> None:
-    """Generate the cluster's secrets once and keep its spec, in $DROVER_HOME/clusters/<name>/."""
-    load_or_create_secrets(cluster_dir(spec.name))
+    """Generate the cluster's secrets once, keep its spec, and write the admin kubeconfig,
+    in $DROVER_HOME/clusters/<name>/ (files 0600)."""
+    folder = cluster_dir(spec.name)
+    secrets = load_or_create_secrets(folder)
     remember_spec(spec)
+    write_kubeconfig(folder, spec.name, spec.spec.kubernetes.endpoint, secrets)
 
 
 def configure_node(infra: Infra, node: NodeSpec) -> float:

@@ -1,15 +1,23 @@
 """Kubernetes access: node readiness, cordon, and drain by eviction honouring PDBs.
 
-Backends sit behind KubeAPI (the lab's today); `drain_node` is the policy on
-top: evict until the node is empty, and if a PodDisruptionBudget keeps refusing
-past the timeout, uncordon the node and fail the step without rebooting it.
+Backends sit behind KubeAPI: the lab's, and the real API through lightkube with the
+admin kubeconfig drover writes. `drain_node` is the policy on top: evict until the
+node is empty, and if a PodDisruptionBudget keeps refusing (HTTP 429) past the
+timeout, uncordon the node and fail the step without rebooting it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from drover.errors import StageTimeout
+import httpx
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Node as K8sNode
+from lightkube.resources.core_v1 import Pod
+
+from drover.errors import DroverError, StageTimeout
+from drover.home import cluster_dir
 from drover.lab.clock import Clock
 from drover.lab.datacenter import Datacenter
 from drover.providers.lab import open_datacenter
@@ -49,6 +57,62 @@ class LabKube(KubeAPI):
 
     def cordoned(self, node: str) -> bool:
         return self.lab.node(node).cordoned
+
+
+@KUBE_BACKENDS.register("talosctl")
+class Lightkube(KubeAPI):
+    """The cluster's own API server, reached with $DROVER_HOME/clusters/<name>/kubeconfig."""
+
+    def __init__(self, spec: ClusterSpec, client: Client | None = None) -> None:
+        self.spec = spec
+        self._client = client
+
+    @property
+    def client(self) -> Client:
+        """Opened on first use: a task that never touches Kubernetes needs no kubeconfig."""
+        if self._client is None:
+            path = cluster_dir(self.spec.name) / "kubeconfig"
+            if not path.exists():
+                raise DroverError(f"{self.spec.name}: no kubeconfig at {path}; deploy the "
+                                  "cluster first (drover writes it with the secrets)")
+            self._client = Client(KubeConfig.from_file(str(path)),
+                                  timeout=httpx.Timeout(30.0), field_manager="drover")
+        return self._client
+
+    def set_cordoned(self, node: str, cordoned: bool) -> None:
+        self.client.patch(K8sNode, node, {"spec": {"unschedulable": cordoned}})
+
+    def cordoned(self, node: str) -> bool:
+        return bool(self.client.get(K8sNode, node).spec.unschedulable)
+
+    def evict_pods(self, node: str) -> bool:
+        """Ask to evict every pod on the node that a drain moves (not DaemonSet or mirror
+        pods); True once none is left, False while a PodDisruptionBudget says no."""
+        refused = False
+        for pod in self.client.list(Pod, namespace="*", fields={"spec.nodeName": node}):
+            if not _movable(pod):
+                continue
+            meta = pod.metadata
+            eviction = Pod.Eviction(metadata=ObjectMeta(name=meta.name, namespace=meta.namespace))
+            try:
+                self.client.create(eviction, name=meta.name, namespace=meta.namespace)
+            except ApiError as exc:
+                if exc.status.code == 429:  # a PodDisruptionBudget refuses for now
+                    refused = True
+                elif exc.status.code != 404:  # 404: it went away by itself
+                    raise
+        return not refused and not any(
+            _movable(p) for p in self.client.list(Pod, namespace="*",
+                                                  fields={"spec.nodeName": node}))
+
+
+def _movable(pod: Pod) -> bool:
+    meta = pod.metadata
+    if (meta.annotations or {}).get("kubernetes.io/config.mirror"):
+        return False  # a static pod: the kubelet runs it, eviction cannot move it
+    if any(ref.kind == "DaemonSet" for ref in meta.ownerReferences or []):
+        return False
+    return (pod.status.phase if pod.status else None) not in ("Succeeded", "Failed")
 
 
 def drain_node(kube: KubeAPI, node: str, clock: Clock, timeout: float,
