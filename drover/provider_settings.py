@@ -72,7 +72,10 @@ class LibvirtProvider(Model):
     config_delivery: Literal["cidata", "api"] = Field(
         "cidata", description="machine config on a cidata ISO (nocloud), or pushed by API")
     boot_image: str | None = Field(None, description=(
-        "a local boot image to upload instead of the Image Factory's (tests, air-gapped)"))
+        "local boot disk image (qcow2) uploaded to each host; node disks are overlays on it"))
+    kernel: str | None = Field(None, description="local kernel for direct kernel boot")
+    initrd: str | None = Field(None, description="local initramfs for direct kernel boot")
+    cmdline: str = Field("console=ttyS0", description="kernel command line (direct boot)")
     address_timeout_seconds: float = Field(300, gt=0)
 
 

@@ -42,7 +42,7 @@ class Datacenter(LabEngine):
                        row["since"], row["address"], row["talos_version"], row["config_hash"],
                        row["ready_at"] is not None and row["state"] == "running" and available,
                        member,
-                       bool(row["cordoned"]), row["kubernetes_version"])
+                       bool(row["cordoned"]), row["kubernetes_version"], row["image"])
 
     def nodes(self) -> list[LabNode]:
         with self.store.transaction() as con:

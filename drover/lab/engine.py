@@ -16,7 +16,7 @@ from pathlib import Path
 from drover.lab.clock import Clock, SystemClock
 from drover.lab.profiles import Profile, load_profile
 from drover.lab.store import LabStore, VirtualClock
-from drover.spec import ClusterSpec, LabFault
+from drover.spec import ClusterSpec, LabFault, LabProvider
 
 #: state -> (next state, profile step that sets how long the state lasts)
 LIFECYCLE = {
@@ -34,6 +34,10 @@ class LabEngine:
 
     def __init__(self, spec: ClusterSpec, path: Path, clock: Clock | None = None) -> None:
         settings = spec.spec.provider
+        if not isinstance(settings, LabProvider):
+            # The lab emulates only the Talos layer of real machines: no extra delays, no
+            # faults; the machines' own boot takes the time.
+            settings = LabProvider(kind="lab", profile="instant")
         self.cluster = spec.name
         self.store = LabStore(path)
         if clock is None:

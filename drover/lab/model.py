@@ -23,6 +23,7 @@ class LabNode:
     etcd_member: bool
     cordoned: bool = False
     kubernetes_version: str | None = None
+    image: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class Node:
     pool: str
     state: str          # the provider's view: for the lab, the Talos lifecycle stage
     address: str
+    uid: str = ""       # the infrastructure's id of this machine (a libvirt domain UUID)
 
 
 class Provider(ABC):

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+from drover.errors import NodeNotFound
 from drover.lab.datacenter import Datacenter
+from drover.lab.model import LabNode
 from drover.providers.base import Node
 from drover.providers.lab import open_datacenter
-from drover.spec import ClusterSpec
+from drover.spec import ClusterSpec, NodeSize, NodeSpec
 from drover.talos.base import ClusterHealth, EtcdMember, MachineStatus, TalosAPI, register
 
 
 class LabTalos(TalosAPI):
+    """Talos on the lab's nodes; on a real provider's machines (tiny test VMs that run no
+    Talos), it emulates the OS layer on a twin per machine, made on first sight and made
+    anew when the machine behind the name is another one (its uid changed)."""
+
     def __init__(self, spec: ClusterSpec, datacenter: Datacenter | None = None) -> None:
         self.lab = datacenter or open_datacenter(spec)
 
+    def _twin(self, node: Node) -> LabNode:
+        try:
+            twin = self.lab.node(node.name)
+        except NodeNotFound:
+            twin = None
+        if twin is not None and (not node.uid or twin.image == f"vm:{node.uid}"):
+            return twin
+        if not node.uid:
+            raise NodeNotFound(f"{node.name}: no such node in lab cluster {self.lab.cluster!r}")
+        if twin is not None:
+            self.lab.delete(node.name)  # a new machine under an old name starts from scratch
+        spec = NodeSpec(name=node.name, role=node.role, pool=node.pool, size=NodeSize())
+        return self.lab.create(spec, f"vm:{node.uid}")
+
     def apply_config(self, node: Node, config: str, insecure: bool) -> None:
+        self._twin(node)
         self.lab.apply_config(node.name, config, insecure)
 
     def bootstrap(self, node: Node) -> None:
@@ -29,7 +50,7 @@ class LabTalos(TalosAPI):
         self.lab.remove_member(node.name)
 
     def machine_status(self, node: Node) -> MachineStatus:
-        n = self.lab.node(node.name)
+        n = self._twin(node)
         return MachineStatus(n.state, n.config_hash is not None, n.ready, n.talos_version,
                              n.kubernetes_version)
 
