@@ -146,6 +146,7 @@ class Readiness:
     waiting: list[str]
     health: ClusterHealth
     ready_after: dict[str, float] = field(default_factory=dict)  # seconds into the wait
+    dead: list[str] = field(default_factory=list)    # died: no wait brings them back
 
     @property
     def total(self) -> int:
@@ -154,15 +155,17 @@ class Readiness:
 
 def readiness(infra: Infra) -> Readiness:
     health = infra.talos.cluster_health()
-    ready, waiting = [], []
+    ready, waiting, dead = [], [], []
     have: dict[str, list[str]] = {p.name: [] for p in infra.spec.pools()}
     for node in infra.provider.list_nodes():
+        if node.state == "dead":
+            dead.append(node.name)
         if node.pool in have:
             have[node.pool].append(node.name)
             (ready if infra.talos.machine_status(node).ready else waiting).append(node.name)
     for pool, names in have.items():
         waiting += [n.name for n in missing_nodes(infra.spec, pool, names)]
-    return Readiness(sorted(ready), sorted(waiting), health)
+    return Readiness(sorted(ready), sorted(waiting), health, dead=sorted(dead))
 
 
 def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda r: None
@@ -176,7 +179,7 @@ def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda
 
     def healthy() -> Readiness | None:
         state = readiness(infra)
-        dead = [n.name for n in infra.provider.list_nodes() if n.state == "dead"]
+        dead = state.dead
         if dead:  # no wait brings these back; replacing them is a day-2 job
             raise NodeFailed(f"{dead[0]}: health: the node is dead ({len(dead)} dead in all: "
                              f"{', '.join(dead)}); replace it, or destroy and redeploy")
