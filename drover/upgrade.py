@@ -15,7 +15,7 @@ from drover.errors import QuorumError, StageTimeout, UpgradeFailed
 from drover.kube import drain_node
 from drover.lab.clock import Clock
 from drover.machineconfig import installer_image
-from drover.talos import MachineStatus
+from drover.talos import ClusterHealth, MachineStatus
 
 
 def installer_for(infra: Infra, talos_version: str) -> str:
@@ -24,9 +24,9 @@ def installer_for(infra: Infra, talos_version: str) -> str:
         infra.spec.with_overrides(talos_version=talos_version)))
 
 
-def check_etcd(infra: Infra, node: str) -> None:
+def check_etcd(infra: Infra, node: str, health: ClusterHealth | None = None) -> None:
     """Refuse to touch a control plane unless every etcd member is healthy and present."""
-    health = infra.talos.cluster_health()
+    health = health or infra.talos.cluster_health()
     want = infra.spec.spec.control_plane.count
     if health.quorum_lost or health.healthy_members() != len(health.members) \
             or len(health.members) != want:
@@ -65,9 +65,10 @@ def upgrade_node(infra: Infra, name: str, image: str, talos_version: str) -> flo
     started = clock.now()
     timeouts = infra.spec.spec.deployment.timeouts
     node = infra.provider.get_node(name)
+    health = infra.talos.cluster_health()  # one read serves both pre-checks
     if node.role == "controlplane":
-        check_etcd(infra, name)
-    if not infra.talos.cluster_health().api_up:
+        check_etcd(infra, name, health)
+    if not health.api_up:
         raise StageTimeout("pre-check", name, "the Kubernetes API is down; not upgrading")
     drain_node(infra.kube, name, clock, infra.spec.spec.upgrade.drain_timeout_seconds)
     retry.call(retry.api_call(clock), infra.talos.upgrade, node, image)
