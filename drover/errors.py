@@ -2,6 +2,10 @@
 
     DroverError
     ├── SpecError (ValueError)          the cluster YAML is invalid; carries every issue
+    ├── InvalidName (ValueError)        a cluster or node name, or a path, that may not be used
+    ├── StateError                      drover's own state is missing, damaged or unsafe
+    │   └── SecretsMissing              an existing cluster's secrets are gone or unreadable
+    ├── ClusterBusy                     another operation holds the cluster's lease
     ├── NodeNotFound (KeyError)         a node the caller named does not exist
     ├── ProviderError                   the infrastructure refused a request
     ├── TalosError                      the Talos API refused a request
@@ -30,6 +34,24 @@ class SpecError(DroverError, ValueError):
         self.issues = issues
         lines = "\n".join(f"  {source}: {issue}" for issue in issues)
         super().__init__(f"{source}: {len(issues)} problem(s) in the cluster config\n{lines}")
+
+
+class InvalidName(DroverError, ValueError):
+    """A cluster or node name, or a file path, that is malformed or reaches outside its place."""
+
+
+class StateError(DroverError):
+    """A file drover keeps (database, secrets, remembered spec) is missing, damaged or too
+    open; the message names the file and how to recover."""
+
+
+class SecretsMissing(StateError):
+    """The secrets of a cluster that has nodes are gone: regenerating them would lock the
+    operator out (new CAs), so every operation stops and says what to restore."""
+
+
+class ClusterBusy(DroverError):
+    """Another run holds the cluster's lease; the message names the holder."""
 
 
 class NodeNotFound(DroverError, KeyError):
