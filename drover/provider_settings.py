@@ -4,9 +4,10 @@ picked by `kind`."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from drover.model import Model
 
@@ -59,6 +60,13 @@ class SshTarget(Model):
     known_hosts: str = Field("~/.ssh/known_hosts", description=(
         "known_hosts file the host key must be in; an unknown key is an error"))
 
+    @field_validator("key_secret_block")
+    @classmethod
+    def _one_key_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("key_file"):
+            raise ValueError("set keyFile or keySecretBlock, not both")
+        return value
+
 
 class LibvirtProvider(Model):
     kind: Literal["libvirt"]
@@ -76,7 +84,19 @@ class LibvirtProvider(Model):
     kernel: str | None = Field(None, description="local kernel for direct kernel boot")
     initrd: str | None = Field(None, description="local initramfs for direct kernel boot")
     cmdline: str = Field("console=ttyS0", description="kernel command line (direct boot)")
+    boot_image_sha256: str | None = Field(None, description=(
+        "sha256 the boot disk must have (bootImage, or the Image Factory download); unset: "
+        "a download is trusted on first use and a later different one refused"))
+    kernel_sha256: str | None = Field(None, description="sha256 the kernel file must have")
+    initrd_sha256: str | None = Field(None, description="sha256 the initrd file must have")
     address_timeout_seconds: float = Field(300, gt=0)
+
+    @field_validator("boot_image_sha256", "kernel_sha256", "initrd_sha256")
+    @classmethod
+    def _is_sha256(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be a sha256: 64 hexadecimal digits (sha256sum FILE)")
+        return value.lower() if value else value
 
 
 class ProxmoxProvider(Model):

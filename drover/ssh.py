@@ -1,14 +1,15 @@
 """SSH to hypervisor hosts over paramiko: pooled connections, commands, verified uploads.
 
 It owns every byte drover sends over SSH. Connections are pooled per (host, port, user)
-and shared by threads; a dead one is reopened on the next `connect`. Keys come from
-`key_file`, from a key string (the value of the target's Prefect Secret block, which the
-tasks layer resolves and passes in), or else from the SSH agent. Host keys are checked
-against `target.known_hosts` with a RejectPolicy, on every `connect`, pooled or not: an
-unknown key is never accepted, and nothing here ever writes to known_hosts. Commands are
-argv lists joined with shlex.join and run under timeout(1) on the host, so a command that
-runs out of time is killed there, not left behind. Argv shows up in logs, in errors and in
-the host's process list: callers pass secrets on stdin, never in argv.
+and shared by threads; a dead one is reopened on the next `connect`. Keys come from a
+key string passed in, from `key_file`, from the target's Prefect Secret block (resolved
+through drover.secretstore when a connection opens), or else from the SSH agent. Host
+keys are checked against `target.known_hosts` with a RejectPolicy, on every `connect`,
+pooled or not: an unknown key is never accepted, and nothing here ever writes to
+known_hosts. Commands are argv lists joined with shlex.join and run under timeout(1) on
+the host, so a command that runs out of time is killed there, not left behind. Argv shows
+up in logs, in errors and in the host's process list: callers pass secrets on stdin,
+never in argv.
 
     (the error tree is drawn in drover/ssh_auth.py, and re-exported here)
 """
@@ -254,9 +255,10 @@ class Pool:
                 policy: Retrying | None = None, timeout: float = 10.0) -> Connection:
         """The pooled connection to `target` (its host key checked again), or a new one.
 
-        `private_key` is the value of target.key_secret_block, resolved by the caller;
-        without it, target.key_file, else the SSH agent. SshUnavailable is retried by
-        `policy` (default drover.retry.api_call), which ends in RetriesExhausted.
+        `private_key` is a key given by the caller; without it, target.key_file, else
+        target.key_secret_block resolved through drover.secretstore, else the SSH agent.
+        SshUnavailable is retried by `policy` (default drover.retry.api_call), which ends
+        in RetriesExhausted.
         """
         key = (target.host, target.port, target.user)
         with self._lock:

@@ -1,6 +1,6 @@
-"""SSH identity: which keys drover offers (key file, Secret block value, agent), how a
-host's key is checked against known_hosts (never accepted when unknown or changed), and
-the SSH error tree.
+"""SSH identity: which keys drover offers (a key given, key file, a Secret block resolved
+through drover.secretstore, else the agent), how a host's key is checked against known_hosts
+(never accepted when unknown or changed), and the SSH error tree.
 
     DroverError
     └── SshError                          an SSH operation on a host failed
@@ -27,8 +27,10 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from drover import secretstore
 from drover.errors import DroverError, TransientError
 from drover.provider_settings import SshTarget
+from drover.secretstore import SecretUnavailable
 
 log = logging.getLogger("drover.ssh")
 
@@ -168,8 +170,12 @@ def _private_key(target: SshTarget, private_key: str | None) -> paramiko.PKey | 
             reason = exc.strerror if isinstance(exc, OSError) else "not text"
             raise SshAuthFailed(f"{label}: cannot read {source}: {reason}") from None
     elif target.key_secret_block:
-        raise SshAuthFailed(f"{label}: secret block {target.key_secret_block!r} was not "
-                            "resolved; pass its value as private_key")
+        source = f"secret block {target.key_secret_block!r}"
+        try:
+            text = secretstore.resolve(target.key_secret_block,
+                                       f"keySecretBlock of host {target.host}")
+        except SecretUnavailable as exc:
+            raise SshAuthFailed(f"{label}: {exc}") from None
     else:
         return None
     data = text.encode()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from drover.providers.proxmox_api import (
     boot_iso,
     pick_address,
     shared_endpoint,
+    token_secret_of,
 )
 from drover.spec import ClusterSpec, NodeSpec, split_node_name
 
@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 class ProxmoxProvider(Provider):
     """Nodes as QEMU VMs on Proxmox VE.
 
-    `client` and `clock` are for tests; `token_secret` is the resolved secret when
-    it comes from a Prefect Secret block (else the settings' environment variable).
+    `client` and `clock` are for tests; `token_secret` is a secret given by the caller;
+    else it comes from the Prefect Secret block the settings name, else from their
+    environment variable.
     `user_data(node)` may name a cloud-init snippet volume (`local:snippets/x.yaml`)
     holding the node's Talos config, for templates made from the nocloud image;
     without it the node boots into maintenance mode and drover pushes its config.
@@ -68,14 +69,8 @@ class ProxmoxProvider(Provider):
         if urlparse(settings.url).scheme != "https":
             raise ProviderError(f"spec.provider.url: {settings.url!r} must be https:// "
                                 "(the token travels in every request; TLS is always verified)")
-        secret = token_secret or os.environ.get(settings.token_secret_env, "")
-        if not secret:
-            block = (f", or let the tasks resolve the Secret block {settings.token_secret_block!r}"
-                     if settings.token_secret_block else "")
-            raise ProviderError(f"Proxmox API token {settings.token_id}: no secret; the "
-                                f"environment variable {settings.token_secret_env} is not "
-                                f"set{block}")
         self.spec, self.settings = spec, settings
+        secret = token_secret or token_secret_of(settings)
         self.clock = clock or SystemClock()
         self.api = ProxmoxAPI(settings, secret, self.clock, client, task_timeout, poll_interval)
         self.poll_interval = poll_interval

@@ -1,11 +1,13 @@
-"""The Proxmox VE HTTP API as drover uses it: the token header (TLS always verified),
-one call with its errors sorted into transient and refused, task UPIDs waited on
-until they stop with an OK exit status, and the shapes of VMs and agent answers."""
+"""The Proxmox VE HTTP API as drover uses it: the token (from a Secret block or the
+environment) and its header (TLS always verified), one call with its errors sorted into
+transient and refused, task UPIDs waited on until they stop with an OK exit status, and
+the shapes of VMs and agent answers."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import ssl
 import threading
@@ -15,10 +17,11 @@ from typing import Any
 
 import httpx
 
-from drover import retry
+from drover import retry, secretstore
 from drover.errors import ProviderError, TransientError
 from drover.lab.clock import Clock
 from drover.provider_settings import ProxmoxProvider as ProxmoxSettings
+from drover.secretstore import SecretUnavailable
 
 log = logging.getLogger("drover.providers.proxmox")
 
@@ -51,6 +54,23 @@ class _TokenAuth(httpx.Auth):
 
     def __repr__(self) -> str:
         return f"_TokenAuth({self.token_id!r}, secret=***)"
+
+
+def token_secret_of(settings: ProxmoxSettings) -> str:
+    """The token secret: from the Secret block the settings name (drover.secretstore), else
+    from their environment variable; neither is a ProviderError saying where to put it."""
+    if settings.token_secret_block:
+        try:
+            return secretstore.resolve(settings.token_secret_block,
+                                       "spec.provider.tokenSecretBlock")
+        except SecretUnavailable as exc:
+            raise ProviderError(f"Proxmox API token {settings.token_id}: {exc}") from None
+    secret = os.environ.get(settings.token_secret_env, "")
+    if not secret:
+        raise ProviderError(f"Proxmox API token {settings.token_id}: no secret; the "
+                            f"environment variable {settings.token_secret_env} is not set "
+                            "(or name a Prefect Secret block in spec.provider.tokenSecretBlock)")
+    return secret
 
 
 @dataclass
