@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
+from functools import cache
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -32,9 +33,15 @@ SERVER_LEASE_SECONDS = 300
 
 
 def run_owner() -> str:
-    """The owner recorded on leases and creations: the flow run's id, else this process."""
+    """The owner recorded on leases and creations: the flow run's id, else (outside any flow
+    run) one id for this process, the same on every call."""
     run_id = flow_run.id
-    return str(run_id) if run_id else f"pid-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return str(run_id) if run_id else process_owner(os.getpid())
+
+
+@cache
+def process_owner(pid: int) -> str:
+    return f"pid-{pid}-{uuid.uuid4().hex[:8]}"
 
 
 def limit_name(cluster: str) -> str:
