@@ -1,26 +1,31 @@
 """The cluster specification: the YAML an SRE writes, validated into a ClusterSpec.
 
-Every model forbids unknown fields. `load_spec` reports every problem at once,
-each as `<file>: <yaml.path>: <message>`, and raises SpecError; nothing else in
-drover runs on an invalid spec.
+Every model forbids unknown fields and coerces nothing. `load_spec` reports every
+problem at once, each as `<file>: <yaml.path>: <message>`, and raises SpecError;
+nothing else in drover runs on an invalid spec. It reads YAML through yamlsafe,
+keeps patch files inside the config's folder, and checks every patch against the
+Talos schema of the target version (`check_patches`); `parse_spec` alone checks
+fields and their relations and refuses drover-owned fields in inline patches.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from drover.errors import SpecError
+from drover import fields, yamlsafe
+from drover.boundaries import confined
+from drover.errors import InvalidName, SpecError
 from drover.model import (
     API_VERSION,
+    CLUSTER_NAME_MAX,
     DNS_LABEL,
     K8S_VERSION,
     PATTERN_HINTS,
+    POOL_NAME_MAX,
     VERSION,
     Model,
 )
@@ -29,13 +34,18 @@ from drover.provider_settings import (  # noqa: F401 (re-exported)
     LabProvider,
     ProviderSettings,
 )
-from drover.validation import describe_errors
+from drover.validation import Located, describe_errors, shown
+
+SUPPORTED_TALOS = fields.SUPPORTED_TALOS
+PATCH_KEYS = (("all", "all"), ("control_plane", "controlPlane"), ("worker", "worker"))
 
 
 class NodeSize(Model):
     cpus: int = Field(2, ge=1, le=256, description="virtual CPUs")
-    memory_mib: int = Field(4096, ge=1024, description="memory in MiB (Talos needs >= 1024)")
-    disk_gib: int = Field(20, ge=10, description="system disk in GiB (Talos needs >= 10)")
+    memory_mib: int = Field(4096, ge=1024, le=4 * 1024 * 1024,
+                            description="memory in MiB (Talos needs >= 1024; at most 4 TiB)")
+    disk_gib: int = Field(20, ge=10, le=64 * 1024,
+                          description="system disk in GiB (Talos needs >= 10; at most 64 TiB)")
 
 
 class Schematic(Model):
@@ -51,8 +61,24 @@ class TalosSettings(Model):
         "lab", description="how drover reaches the Talos API: the lab's, or talosctl")
     talosctl: str | None = Field(None, description="talosctl path (default: found on PATH)")
     schematic: Schematic = Field(default_factory=Schematic)
-    install_disk: str = Field("/dev/vda", description="disk Talos installs to")
-    image_factory: str = Field("https://factory.talos.dev", description="Image Factory base URL")
+    install_disk: str = Field("/dev/vda", description="disk Talos installs to (a device path)")
+    image_factory: str = Field("https://factory.talos.dev", description=(
+        "Image Factory base URL (https; http only to a loopback address)"))
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_supported(cls, value: str) -> str:
+        return fields.talos_version(value)
+
+    @field_validator("install_disk")
+    @classmethod
+    def _install_disk_is_a_device(cls, value: str) -> str:
+        return fields.install_disk(value)
+
+    @field_validator("image_factory")
+    @classmethod
+    def _image_factory_is_https(cls, value: str) -> str:
+        return fields.image_factory(value)
 
 
 class KubernetesSettings(Model):
@@ -65,9 +91,12 @@ class KubernetesSettings(Model):
     @field_validator("endpoint")
     @classmethod
     def _endpoint_is_https_url(cls, value: str) -> str:
-        if not re.match(r"^https://[^/:\s]+(:\d+)?/?$", value):
-            raise ValueError(f"must be an https URL like https://10.5.0.2:6443, got {value!r}")
-        return value
+        return fields.endpoint(value)
+
+    @field_validator("dns_domain")
+    @classmethod
+    def _dns_domain_is_a_domain(cls, value: str) -> str:
+        return fields.dns_domain(value)
 
     @field_validator("pod_subnets", "service_subnets")
     @classmethod
@@ -76,7 +105,7 @@ class KubernetesSettings(Model):
             try:
                 ipaddress.ip_network(cidr)
             except ValueError:
-                raise ValueError(f"{cidr!r} is not a CIDR like 10.244.0.0/16") from None
+                raise ValueError(f"{shown(cidr)} is not a CIDR like 10.244.0.0/16") from None
         return value
 
     @property
@@ -97,7 +126,7 @@ class ControlPlane(Model):
 
 
 class WorkerPool(Model):
-    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=20)] = "worker"
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=POOL_NAME_MAX)] = "worker"
     count: int = Field(1, ge=0, le=500)
     size: NodeSize = Field(default_factory=NodeSize)
 
@@ -160,9 +189,35 @@ class ClusterBody(Model):
             raise ValueError("'cp' is reserved for control-plane nodes; rename that pool")
         return pools
 
+    @model_validator(mode="after")
+    def _networks_apart(self) -> ClusterBody:
+        """Pod, service and (lab) node networks must not overlap: routes would collide."""
+        kube = self.kubernetes
+        named = {"podSubnets": list(kube.pod_subnets),
+                 "serviceSubnets": list(kube.service_subnets)}
+        if isinstance(self.provider, LabProvider):
+            named["provider.network"] = [self.provider.network]
+        where = {"podSubnets": ("kubernetes", "podSubnets"),
+                 "serviceSubnets": ("kubernetes", "serviceSubnets"),
+                 "provider.network": ("provider", "network")}
+        found = [(where[b], f"{message}: pod, service and node networks must not overlap")
+                 for a, b, message in fields.overlaps(named)]
+        if found:
+            raise Located(*found)
+        return self
+
+    @model_validator(mode="after")
+    def _patches_leave_owned_fields(self) -> ClusterBody:
+        found = [(("patches", alias, index), problem)
+                 for alias, index, patch in inline_patches(self.patches)
+                 for problem in _owned_problems(patch)]
+        if found:
+            raise Located(*found)
+        return self
+
 
 class Metadata(Model):
-    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=40)]
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=CLUSTER_NAME_MAX)]
     site: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = "default"
 
 
@@ -196,6 +251,30 @@ class ClusterSpec(Model):
     kind: Literal["Cluster"]
     metadata: Metadata
     spec: ClusterBody
+
+    @model_validator(mode="after")
+    def _faults_name_nodes_of_this_cluster(self) -> ClusterSpec:
+        """A lab fault names `<cluster>-<pool>-<n>` with a declared pool. Any n >= 1 is
+        allowed, beyond the pool's count too: replacements and scale-ups get fresh numbers,
+        and a fault may be aimed at such a successor."""
+        provider = self.spec.provider
+        if not isinstance(provider, LabProvider):
+            return self
+        pools = [p.name for p in self.pools()]
+        found = []
+        for index, fault in enumerate(provider.faults):
+            try:
+                pool, number = split_node_name(self.name, fault.node)
+            except ValueError:
+                pool, number = "", 0
+            if pool not in pools or number < 1:
+                found.append((("spec", "provider", "faults", index, "node"),
+                              f"{shown(fault.node)} is not a node of this cluster: expected "
+                              f"{self.name}-<pool>-<n> with a pool of {', '.join(pools)} and "
+                              "n >= 1"))
+        if found:
+            raise Located(*found)
+        return self
 
     @property
     def name(self) -> str:
@@ -241,17 +320,45 @@ class ClusterSpec(Model):
             data["spec"]["talos"]["version"] = talos_version
         if kubernetes_version:
             data["spec"]["kubernetes"]["version"] = kubernetes_version
-        return parse_spec(data, source="overrides")
+        return check_patches(parse_spec(data, source="overrides"), source="overrides")
+
+
+def inline_patches(patches: Patches) -> list[tuple[str, int, dict[str, Any]]]:
+    """(YAML key, index, patch) for every patch given as a mapping (not as a file path)."""
+    return [(alias, index, item) for key, alias in PATCH_KEYS
+            for index, item in enumerate(getattr(patches, key)) if isinstance(item, dict)]
+
+
+def _owned_problems(patch: dict[str, Any]) -> list[str]:
+    # Imported here: drover.machineconfig imports this module (its renderer takes a ClusterSpec).
+    from drover.machineconfig.schema import owned_problems
+
+    return owned_problems(patch)
+
+
+def check_patches(spec: ClusterSpec, source: str = "<config>") -> ClusterSpec:
+    """`spec` if every inline patch passes the official Talos schema of its version and leaves
+    drover-owned fields alone; else SpecError with `spec.patches.<key>[i]: <config path>: ...`."""
+    from drover.machineconfig.schema import patch_problems  # see _owned_problems
+
+    version = spec.spec.talos.version
+    problems = [f"spec.patches.{alias}[{index}]: {problem}"
+                for alias, index, patch in inline_patches(spec.spec.patches)
+                for problem in patch_problems(patch, version)]
+    if problems:
+        raise SpecError(source, problems)
+    return spec
 
 
 def parse_spec(data: Any, source: str = "<config>") -> ClusterSpec:
-    """Validate already-parsed YAML; raise SpecError listing every problem."""
+    """Validate already-parsed YAML; raise SpecError listing every problem. Patches are not
+    checked against the Talos schema here (load_spec and with_overrides do: check_patches)."""
     if not isinstance(data, dict):
         raise SpecError(source, ["(top level): must be a mapping with apiVersion, kind, "
                                  "metadata and spec"])
     if data.get("apiVersion") not in (None, API_VERSION):
         raise SpecError(source, [f"apiVersion: must be {API_VERSION}, "
-                                 f"got {data.get('apiVersion')!r}"])
+                                 f"got {shown(data.get('apiVersion'))}"])
     try:
         return ClusterSpec.model_validate(data)
     except ValidationError as exc:
@@ -259,47 +366,51 @@ def parse_spec(data: Any, source: str = "<config>") -> ClusterSpec:
 
 
 def load_spec(path: str | Path) -> ClusterSpec:
-    """Read and validate a cluster YAML file; relative patch files resolve next to it."""
+    """Read and validate a cluster YAML file: patch files (relative to its folder, and inside
+    it) are inlined, then every patch is checked against the Talos schema."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), [f"not valid YAML: {exc}"]) from None
-    spec = parse_spec(data, source=str(path))
-    return _resolve_patch_files(spec, path.parent)
+    spec = parse_spec(yamlsafe.load_file(path), source=str(path))
+    return check_patches(_resolve_patch_files(spec, path), source=str(path))
 
 
-def _resolve_patch_files(spec: ClusterSpec, base: Path) -> ClusterSpec:
+def _load_patch_file(item: str, base: Path, where: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """One patch file named in the config: (its mapping, []) or (None, problems)."""
+    named = f"{where}: patch file {shown(item)}"
+    if Path(item).is_absolute():
+        return None, [f"{named}: an absolute path is not allowed; give a path relative to the "
+                      f"config's folder {base}"]
+    try:
+        file = confined(base / item, base, "patch file")
+    except InvalidName:
+        return None, [f"{named} is outside the config's folder {base}: patch files must sit "
+                      "in that folder (no '..' escape, no symlink leading out)"]
+    try:
+        loaded = yamlsafe.load_file(file, source=item)
+    except SpecError as exc:
+        return None, [f"{named}: {issue}" for issue in exc.issues]
+    if not isinstance(loaded, dict):
+        return None, [f"{named} must hold one mapping (a merge patch of the v1alpha1 config)"]
+    return loaded, []
+
+
+def _resolve_patch_files(spec: ClusterSpec, config: Path) -> ClusterSpec:
     """Inline patch files so the spec is self-contained (a Prefect parameter, a worker)."""
+    base = config.parent.resolve()
     problems: list[str] = []
     resolved: dict[str, list[dict[str, Any]]] = {}
-    for key, alias in (("all", "all"), ("control_plane", "controlPlane"), ("worker", "worker")):
+    for key, alias in PATCH_KEYS:
         out = []
         for i, item in enumerate(getattr(spec.spec.patches, key)):
             if isinstance(item, dict):
                 out.append(item)
                 continue
-            file = (base / item) if not Path(item).is_absolute() else Path(item)
-            where = f"spec.patches.{alias}[{i}]"
-            try:
-                loaded = yaml.safe_load(file.read_text())
-            except OSError:
-                problems.append(f"{where}: patch file {str(file)!r} cannot be read")
-                continue
-            except yaml.YAMLError as exc:
-                problems.append(f"{where}: patch file {str(file)!r} is not valid YAML: {exc}")
-                continue
-            if not isinstance(loaded, dict):
-                problems.append(f"{where}: patch file {str(file)!r} must hold one mapping")
-                continue
-            out.append(loaded)
+            loaded, found = _load_patch_file(item, base, f"spec.patches.{alias}[{i}]")
+            problems += found
+            if loaded is not None:
+                out.append(loaded)
         resolved[key] = out
     if problems:
-        raise SpecError(str(base), problems)
+        raise SpecError(str(config), problems)
     patches = Patches(**resolved)
     return spec.model_copy(update={"spec": spec.spec.model_copy(update={"patches": patches})})
 

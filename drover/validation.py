@@ -2,7 +2,9 @@
 
 Each line is `<yaml.path>: <what is wrong>`, with the YAML's own (camelCase)
 names, the tag of a discriminated union left out of the path, a suggestion
-for a misspelt field, and a readable hint in place of a raw regex.
+for a misspelt field, and a readable hint in place of a raw regex. A
+cross-field check raises `Located` to put its problems at the fields they
+concern; values quoted back are cut short.
 """
 
 from __future__ import annotations
@@ -12,6 +14,28 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+SHOWN_MAX = 60
+
+
+class Located(ValueError):
+    """Problems found by a model validator, each at a path below the model that raised it:
+    `Located(("kubernetes", "serviceSubnets"), "overlaps ...")`, or several via `problems`."""
+
+    def __init__(self, *located: tuple[tuple[str | int, ...], str]) -> None:
+        self.problems = list(located)
+        super().__init__("; ".join(message for _, message in located))
+
+
+def shown(value: Any) -> str:
+    """repr of a value, cut to SHOWN_MAX characters: an input is named, never dumped."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX] + "…"
+
+
+def _dotted(loc: list[Any] | tuple[Any, ...]) -> str:
+    path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
+    return path.replace(".[", "[") or "(top level)"
 
 
 def _names(model: type[BaseModel]) -> list[str]:
@@ -59,8 +83,7 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[Any], type[
 
 def describe(error: dict[str, Any], root: type[BaseModel], hints: dict[str, str]) -> str:
     loc, owner = _walk(root, tuple(error["loc"]))
-    path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
-    path = path.replace(".[", "[") or "(top level)"
+    path = _dotted(loc)
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
         _, parent = _walk(root, tuple(error["loc"])[:-1])
@@ -75,16 +98,28 @@ def describe(error: dict[str, Any], root: type[BaseModel], hints: dict[str, str]
     if kind in ("union_tag_invalid", "literal_error"):
         return f"{path}: {msg}"
     got = error.get("input")
-    if kind == "string_type" and isinstance(got, (int, float)):
+    if kind == "string_type" and isinstance(got, (int, float)) and not isinstance(got, bool):
         return f"{path}: must be text, got the number {got!r}; quote it in the YAML"
+    if kind in ("int_type", "float_type", "bool_type") and not isinstance(got, (dict, list)):
+        wanted = {"int_type": "a whole number", "float_type": "a number",
+                  "bool_type": "true or false"}[kind]
+        return f"{path}: must be {wanted}, got {shown(got)} (values are not converted)"
     if kind == "string_pattern_mismatch":
         msg = hints.get(error.get("ctx", {}).get("pattern", ""), msg)
     msg = msg.removeprefix("Value error, ")
     if kind != "value_error" and not isinstance(got, (dict, list)):
-        msg = f"{msg}, got {got!r}"
+        msg = f"{msg}, got {shown(got)}"
     return f"{path}: {msg}"
+
+
+def _describe_all(error: dict[str, Any], root: type[BaseModel], hints: dict[str, str]) -> list[str]:
+    cause = error.get("ctx", {}).get("error")
+    if not isinstance(cause, Located):
+        return [describe(error, root, hints)]
+    base, _ = _walk(root, tuple(error["loc"]))
+    return [f"{_dotted([*base, *where])}: {message}" for where, message in cause.problems]
 
 
 def describe_errors(exc: ValidationError, root: type[BaseModel],
                     hints: dict[str, str] | None = None) -> list[str]:
-    return [describe(e, root, hints or {}) for e in exc.errors()]
+    return [line for e in exc.errors() for line in _describe_all(e, root, hints or {})]
