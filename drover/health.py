@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drover.deploy import Infra
+from drover.statefile import sqlite_connect, sqlite_errors
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,9 @@ class FailureLog:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30)
+        con = sqlite_connect(self.path, timeout=30)  # 0600 in a 0700 folder
         try:
-            with con:
+            with sqlite_errors(self.path), con:
                 yield con
         finally:
             con.close()

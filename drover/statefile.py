@@ -1,5 +1,7 @@
 """drover's own state files: folders 0700, files 0600, SQLite databases opened so that a
 damaged or too-open file is named with its path and a recovery hint, never a raw traceback.
+Every read of a file that holds a secret goes through `read_private`, which refuses a file
+others may read (its key may have leaked) and names the file and the fix when it cannot be read.
 """
 
 from __future__ import annotations
@@ -40,6 +42,26 @@ def check_private(path: Path) -> None:
                          "may have read it)")
 
 
+def read_private(path: Path, what: str = "file") -> str:
+    """The text of a drover file that holds secrets, once its mode is checked; a missing file
+    raises FileNotFoundError (the caller says what to restore), anything else a StateError."""
+    path = Path(path)
+    check_private(path.parent)
+    check_private(path)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise
+    except PermissionError as exc:
+        raise StateError(f"{path}: this {what} cannot be read ({exc.strerror}); it must belong "
+                         f"to the user running drover: run `chmod 600 {path}` as its "
+                         "owner") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise StateError(f"{path}: this {what} cannot be read ({reason}); restore it from a "
+                         "backup") from None
+
+
 def sqlite_connect(path: Path, timeout: float = 60, **kwargs: object) -> sqlite3.Connection:
     """Open a drover database: its folder private, the file 0600 from its first byte."""
     path = Path(path)
@@ -59,13 +81,24 @@ def damaged(path: Path, exc: BaseException) -> StateError:
                       "held is then forgotten)")
 
 
+#: errors that are drover's own doing (a constraint it relies on, a bug), not a damaged file
+NOT_DAMAGE = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
 @contextmanager
 def sqlite_errors(path: Path) -> Iterator[None]:
     """Turn 'file is not a database' and corruption into a StateError naming `path`; a busy
-    database (locked) stays an OperationalError for the caller's retry."""
+    database (locked) stays an OperationalError for the caller's retry, and constraint
+    violations or SQL mistakes stay what they are (the file is fine)."""
     try:
         yield
     except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        if isinstance(exc, NOT_DAMAGE) or is_busy(exc) or "syntax error" in str(exc):
             raise
         raise damaged(path, exc) from None
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A database another connection holds right now: worth waiting for, not damage."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc)
+                                                          or "busy" in str(exc))

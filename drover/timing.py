@@ -1,21 +1,32 @@
 """Timing metrics: stage timers, run records, the verdict against target and baseline,
-and the history of runs in SQLite ($DROVER_HOME/history.db).
+and the history of runs in SQLite ($DROVER_HOME/history.db, 0600).
 
 Durations come from the clock the run used. On the lab's realistic profile,
 compressed by a declared factor, the report scales durations back up and says so.
+Every run is recorded when it starts (outcome "running", with its pid and host) and
+updated when it ends, so a run killed on the way still leaves a row, read back as
+"killed"; only a completed run is judged against the target.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import statistics
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from drover.lab.clock import Clock
+from drover.statefile import sqlite_connect, sqlite_errors
+
+#: a run still "running" after this long (wall clock) is taken for killed, whatever its pid
+STALE_AFTER = 24 * 3600.0
 
 
 def format_duration(seconds: float) -> str:
@@ -59,8 +70,9 @@ class RunTiming:
 
     @property
     def total(self) -> float:
-        """The run's duration, scaled to real-world time where the lab compressed it."""
-        return (self.ended - self.started) * self.scale
+        """The run's duration, scaled to real-world time where the lab compressed it (0 for a
+        run with no end recorded)."""
+        return max(0.0, self.ended - self.started) * self.scale
 
     def critical_path(self) -> str:
         """The chain of slowest nodes through the stages (the stages run one after another)."""
@@ -69,7 +81,17 @@ class RunTiming:
         return " → ".join(parts) or "-"
 
     def verdict(self) -> str:
-        return verdict(self.total, self.target_seconds, self.baseline_seconds)
+        """Against target and baseline for a completed run; any other run is not judged."""
+        if self.outcome == "completed":
+            return verdict(self.total, self.target_seconds, self.baseline_seconds)
+        if self.outcome == "running":
+            return "still running — not judged against the target"
+        if self.outcome == "killed":
+            last = max((s.ended for s in self.stages), default=self.started)
+            seen = (f" after at least {format_duration((last - self.started) * self.scale)}"
+                    if last > self.started else "")
+            return f"killed{seen} — not judged against the target"
+        return f"{self.outcome} after {format_duration(self.total)} — not judged against the target"
 
     def rows(self) -> list[dict[str, str]]:
         """One row per stage, for the table artifact and the terminal."""
@@ -138,34 +160,60 @@ class StageTimer:
 
 
 class History:
-    """Every timed run, kept in SQLite for trends (`drover report`)."""
+    """Every timed run, kept in SQLite for trends (`drover report`): begun, then recorded."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, wall: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.wall = wall  # real time, for telling a killed run from a long one
         with self._connect() as con:
             con.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                         " cluster TEXT, flow TEXT, started REAL, outcome TEXT, total REAL,"
                         " record TEXT)")
+            have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+            for column, decl in (("run_id", "TEXT"), ("pid", "INTEGER"), ("host", "TEXT"),
+                                 ("began_at", "REAL")):
+                if column not in have:  # a history made before runs were begun
+                    con.execute(f"ALTER TABLE runs ADD COLUMN {column} {decl}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30)
+        con = sqlite_connect(self.path, timeout=30)  # 0600 in a 0700 folder
         con.row_factory = sqlite3.Row
         try:
-            with con:  # commits on success
+            with sqlite_errors(self.path), con:  # commits on success
                 yield con
         finally:
             con.close()
 
-    def record(self, run: RunTiming) -> None:
+    def begin(self, run: RunTiming) -> str:
+        """Record `run` as running (this process, this host) before it does anything, so a
+        run killed on the way still leaves a row; returns its run_id (made if it had none)."""
+        run.run_id = run.run_id or uuid.uuid4().hex
         with self._connect() as con:
-            con.execute("INSERT INTO runs (cluster, flow, started, outcome, total, record) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", (run.cluster, run.flow, run.started,
-                                                      run.outcome, run.total,
-                                                      json.dumps(asdict(run))))
+            con.execute("INSERT INTO runs (cluster, flow, started, outcome, total, record, "
+                        "run_id, pid, host, began_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (run.cluster, run.flow, run.started, "running", 0.0,
+                         json.dumps(asdict(run)), run.run_id, os.getpid(),
+                         socket.gethostname(), self.wall()))
+        return run.run_id
+
+    def record(self, run: RunTiming) -> None:
+        """Store the run as it ended: the row `begin` made for its run_id, or a new one."""
+        values = (run.cluster, run.flow, run.started, run.outcome, run.total,
+                  json.dumps(asdict(run)))
+        with self._connect() as con:
+            updated = run.run_id is not None and con.execute(
+                "UPDATE runs SET cluster=?, flow=?, started=?, outcome=?, total=?, record=? "
+                "WHERE run_id=?", (*values, run.run_id)).rowcount
+            if not updated:
+                con.execute("INSERT INTO runs (cluster, flow, started, outcome, total, record, "
+                            "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)", (*values, run.run_id))
 
     def runs(self, cluster: str, flow: str | None = None) -> list[RunTiming]:
-        query = "SELECT record FROM runs WHERE cluster=?" + (" AND flow=?" if flow else "")
+        """The cluster's runs in order; one still "running" whose process is gone (same host,
+        pid not alive) or that began over a day ago is shown as "killed"."""
+        query = ("SELECT record, outcome, pid, host, began_at FROM runs WHERE cluster=?"
+                 + (" AND flow=?" if flow else ""))
         args = (cluster, flow) if flow else (cluster,)
         with self._connect() as con:
             rows = con.execute(query + " ORDER BY id", args).fetchall()
@@ -173,8 +221,28 @@ class History:
         for row in rows:
             data = json.loads(row["record"])
             data["stages"] = [StageTiming(**s) for s in data["stages"]]
-            out.append(RunTiming(**data))
+            run = RunTiming(**data)
+            if row["outcome"] == "running" and self._gone(row["pid"], row["host"],
+                                                          row["began_at"]):
+                run.outcome = "killed"
+            out.append(run)
         return out
+
+    def _gone(self, pid: int | None, host: str | None, began_at: float | None) -> bool:
+        if began_at is None or self.wall() - began_at > STALE_AFTER:
+            return True
+        return host == socket.gethostname() and pid is not None and not pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (a reused pid reads as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def percentile(values: list[float], pct: float) -> float:

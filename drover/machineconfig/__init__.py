@@ -1,7 +1,8 @@
 """Talos machine configuration: the cluster's secrets bundle, per-node rendering and patches.
 
-`load_or_create_secrets` keeps one SecretsBundle per cluster on disk (talosctl's secrets.yaml
-layout, 0600); `render_node_config` turns a ClusterSpec node into the v1alpha1 document that
+`ensure_secrets` makes one SecretsBundle per cluster before its first deploy and `load_secrets`
+reads it ever after (talosctl's secrets.yaml layout, 0600; never regenerated for a cluster
+that exists); `render_node_config` turns a ClusterSpec node into the v1alpha1 document that
 `talosctl gen config` would produce for Talos v1.13 and applies the spec's RFC 7386 merge patches;
 `write_rendered` writes every node's config plus a talosconfig, as `drover config render` does.
 """
@@ -22,11 +23,14 @@ from drover.machineconfig.render import (
 from drover.machineconfig.secrets import (
     CertPair,
     SecretsBundle,
+    create_secrets,
+    ensure_secrets,
     from_yaml,
     generate_secrets,
     load_certificate,
     load_or_create_secrets,
     load_private_key,
+    load_secrets,
     to_yaml,
     write_kubeconfig,
     write_private,
@@ -37,6 +41,8 @@ __all__ = [
     "CertPair",
     "SecretsBundle",
     "apply_patches",
+    "create_secrets",
+    "ensure_secrets",
     "from_yaml",
     "generate_secrets",
     "hostname_document",
@@ -44,6 +50,7 @@ __all__ = [
     "load_certificate",
     "load_or_create_secrets",
     "load_private_key",
+    "load_secrets",
     "merge_patch",
     "render_cluster",
     "render_node_config",

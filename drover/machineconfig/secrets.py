@@ -2,9 +2,11 @@
 
 A SecretsBundle is generated once per cluster, stored as `<cluster_dir>/secrets.yaml` in
 talosctl's layout (so `talosctl gen config --with-secrets` reads it too), and never printed: its
-repr is redacted. Key types follow Talos v1.13: ed25519 for the Talos API CA, ECDSA P-256 for the
-Kubernetes, aggregator and etcd CAs, RSA 4096 for the service-account key. Every file written here
-goes through `write_private` (0600 from creation, atomic rename) because each one holds a key.
+repr is redacted. It is never made again for a cluster that exists (`ensure_secrets` creates it
+only before the first deploy; `load_secrets` refuses a missing, too-open or damaged file).
+Key types follow Talos v1.13: ed25519 for the Talos API CA, ECDSA P-256 for the Kubernetes,
+aggregator and etcd CAs, RSA 4096 for the service-account key. Every file written here goes
+through `write_private` (0600 from creation, atomic rename) because each one holds a key.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from drover.errors import SecretsMissing, StateError
 from drover.files import write_private
+from drover.statefile import private_dir, read_private
 
 CA_VALIDITY = dt.timedelta(hours=87600)  # Talos CAValidityTime
 CLIENT_VALIDITY = dt.timedelta(days=365)  # talosctl and admin kubeconfig default
@@ -234,9 +238,39 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def load_or_create_secrets(cluster_dir: Path) -> SecretsBundle:
-    """The cluster's bundle from `cluster_dir/secrets.yaml`, generated and saved on first use."""
-    path = ensure_private_dir(cluster_dir) / "secrets.yaml"
+SECRETS_FILE = "secrets.yaml"
+#: files a deploy leaves in the cluster folder: their presence means the cluster was deployed
+DEPLOY_TRACES = ("cluster.json", "talosconfig", "kubeconfig")
+
+
+def _restore_hint(folder: Path) -> str:
+    return (f"restore it with `drover secrets restore {folder.name} BACKUP` or from your own "
+            f"copy (mode 0600)")
+
+
+def load_secrets(cluster_dir: Path) -> SecretsBundle:
+    """The cluster's bundle from `cluster_dir/secrets.yaml`; never creates one.
+
+    Missing: SecretsMissing (new secrets would mean new CAs, locking the operator out of a
+    running cluster). Open to others, unreadable or malformed: StateError naming the file.
+    """
+    path = Path(cluster_dir) / SECRETS_FILE
+    try:
+        text = read_private(path, "secrets file")
+    except FileNotFoundError:
+        raise SecretsMissing(f"{path}: missing; the secrets of cluster {path.parent.name} "
+                             "cannot be made again (new CAs would lock you out of its nodes): "
+                             f"{_restore_hint(path.parent)}") from None
+    try:
+        return from_yaml(text)
+    except ValueError as exc:  # from_yaml never quotes a value
+        raise StateError(f"{path}: damaged ({exc}); {_restore_hint(path.parent)}") from None
+
+
+def create_secrets(cluster_dir: Path) -> SecretsBundle:
+    """Generate the cluster's bundle and save it; if another run saved one first (or it
+    already exists), that one is loaded and returned instead: there is only ever one."""
+    path = private_dir(Path(cluster_dir)) / SECRETS_FILE
     if not path.exists():
         bundle = generate_secrets()
         try:
@@ -244,7 +278,33 @@ def load_or_create_secrets(cluster_dir: Path) -> SecretsBundle:
             return bundle
         except FileExistsError:
             pass  # a parallel first run saved its bundle first; everyone must use that one
-    return from_yaml(path.read_text())
+    return load_secrets(path.parent)
+
+
+def ensure_secrets(cluster_dir: Path, nodes_exist: bool) -> SecretsBundle:
+    """The cluster's bundle, created only for a cluster that has never been deployed: no node
+    of it exists (`nodes_exist`, from observing the infrastructure) and its folder holds no
+    trace of an earlier deploy (cluster.json, talosconfig, kubeconfig). Otherwise it must load,
+    and a missing secrets.yaml stops the operation with SecretsMissing."""
+    folder = Path(cluster_dir)
+    if (folder / SECRETS_FILE).exists():
+        return load_secrets(folder)
+    traces = [name for name in DEPLOY_TRACES if (folder / name).exists()]
+    if nodes_exist or traces:
+        why = ("nodes of the cluster exist" if nodes_exist
+               else f"{folder} holds {', '.join(traces)} from an earlier deploy")
+        raise SecretsMissing(
+            f"{folder / SECRETS_FILE}: missing, but {why}; its secrets cannot be made again "
+            f"(new CAs would lock you out of its nodes): {_restore_hint(folder)}. Only if no "
+            f"node of the cluster is left, delete {folder} to start afresh")
+    return create_secrets(folder)
+
+
+def load_or_create_secrets(cluster_dir: Path) -> SecretsBundle:
+    """Deprecated: `ensure_secrets(cluster_dir, nodes_exist=False)`, kept for the callers not
+    yet moved to load_secrets/ensure_secrets; it no longer regenerates the secrets of a
+    cluster its folder shows was deployed."""
+    return ensure_secrets(cluster_dir, nodes_exist=False)
 
 
 def _client_cert(ca: CertPair, key: PrivateKey, subject: x509.Name,
@@ -267,7 +327,11 @@ def _client_cert(ca: CertPair, key: PrivateKey, subject: x509.Name,
 def _reusable_client(path: Path, name: str, ca: CertPair, now: dt.datetime) -> CertPair | None:
     """The admin cert of an existing talosconfig, if it is from this CA and not near expiry."""
     try:
-        context = yaml.safe_load(path.read_text())["contexts"][name]
+        text = read_private(path, "talosconfig")  # too open: refused, not silently reused
+    except FileNotFoundError:
+        return None
+    try:
+        context = yaml.safe_load(text)["contexts"][name]
         pair = CertPair(crt=context["crt"], key=context["key"])
         cert = load_certificate(pair.crt)
         cert.verify_directly_issued_by(load_certificate(ca.crt))

@@ -24,9 +24,11 @@ from drover.machineconfig import (
     from_yaml,
     generate_secrets,
     installer_image,
+    create_secrets,
+    ensure_secrets,
     load_certificate,
-    load_or_create_secrets,
     load_private_key,
+    load_secrets,
     merge_patch,
     render_node_config,
     render_node_documents,
@@ -37,6 +39,7 @@ from drover.machineconfig import (
     write_rendered,
     write_talosconfig,
 )
+from drover.errors import SecretsMissing, StateError
 from drover.spec import ClusterSpec, NodeSpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -250,11 +253,69 @@ def mode(path: Path) -> int:
 
 def test_secrets_are_written_private_and_reload_as_the_same_bundle(tmp_path):
     cluster_dir = tmp_path / "clusters" / "lab"
-    created = load_or_create_secrets(cluster_dir)
+    created = ensure_secrets(cluster_dir, nodes_exist=False)
     assert mode(cluster_dir) == 0o700
     assert mode(cluster_dir / "secrets.yaml") == 0o600
-    assert load_or_create_secrets(cluster_dir) == created
+    assert ensure_secrets(cluster_dir, nodes_exist=True) == created
+    assert load_secrets(cluster_dir) == created
     assert [p.name for p in cluster_dir.iterdir()] == ["secrets.yaml"]  # no temp file left
+
+
+def test_create_secrets_returns_the_bundle_another_run_saved_first(tmp_path, bundle):
+    write_private(tmp_path / "secrets.yaml", to_yaml(bundle))
+    assert create_secrets(tmp_path) == bundle
+
+
+@pytest.mark.parametrize("nodes_exist, trace", [(True, None), (False, "cluster.json"),
+                                                (False, "talosconfig"), (False, "kubeconfig")])
+def test_secrets_are_never_made_again_for_a_cluster_that_exists(tmp_path, nodes_exist, trace):
+    folder = tmp_path / "lab"
+    folder.mkdir(mode=0o700)
+    if trace:
+        write_private(folder / trace, "{}")
+    with pytest.raises(SecretsMissing, match=r"secrets.yaml: missing.*drover secrets restore lab "
+                                             r"BACKUP.*own copy"):
+        ensure_secrets(folder, nodes_exist)
+    assert not (folder / "secrets.yaml").exists()
+
+
+def test_load_secrets_of_a_missing_file_says_what_to_restore(tmp_path):
+    with pytest.raises(SecretsMissing, match=r"lab/secrets.yaml: missing.*new CAs.*"
+                                             r"drover secrets restore lab BACKUP"):
+        load_secrets(tmp_path / "lab")
+
+
+@pytest.mark.parametrize("file_mode, folder_mode, fix", [
+    (0o644, 0o700, "chmod 600"), (0o640, 0o700, "chmod 600"), (0o600, 0o755, "chmod 700")])
+def test_secrets_open_to_others_are_refused_with_the_chmod_fix(tmp_path, bundle, file_mode,
+                                                                 folder_mode, fix):
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    (folder / "secrets.yaml").write_text(to_yaml(bundle))
+    (folder / "secrets.yaml").chmod(file_mode)
+    folder.chmod(folder_mode)
+    with pytest.raises(StateError, match=f"lets other users in.*{fix}"):
+        load_secrets(folder)
+    with pytest.raises(StateError, match=fix):
+        ensure_secrets(folder, nodes_exist=False)
+
+
+def test_damaged_secrets_are_named_and_never_quoted(tmp_path, bundle):
+    folder = tmp_path / "lab"
+    folder.mkdir(mode=0o700)
+    key = bundle.os.key
+    write_private(folder / "secrets.yaml", f"cluster: [{key}\n")
+    with pytest.raises(StateError) as caught:
+        load_secrets(folder)
+    assert str(folder / "secrets.yaml") in str(caught.value)
+    assert "damaged" in str(caught.value) and key not in str(caught.value)
+
+
+def test_a_talosconfig_open_to_others_is_refused_not_reused(tmp_path, bundle):
+    path = write_talosconfig(tmp_path, "lab", ["a"], [], bundle)
+    path.chmod(0o644)
+    with pytest.raises(StateError, match="talosconfig: mode 0644"):
+        write_talosconfig(tmp_path, "lab", ["a"], [], bundle)
 
 
 def test_secrets_yaml_uses_the_talosctl_layout(bundle):
