@@ -5,8 +5,10 @@ drover.machineconfig.render is only a prediction), checks that the spec's extens
 its Talos version, names installer images and boot-media URLs the way the factory serves them,
 and downloads media into $DROVER_HOME/cache/images: one folder per URL (sha256 of the URL), the
 file's sha256 beside it, resumed with Range after a drop and renamed into place only once
-verified. 4xx answers raise FactoryRefused; 5xx, timeouts and dropped connections are
-TransientError, retried here by drover.retry.api_call on the injected clock.
+verified. It refuses a base URL, a download URL or a redirect that is not https (http only to a
+loopback host), or that carries credentials, before sending anything there. 4xx answers raise
+FactoryRefused; 5xx, timeouts and dropped connections are TransientError, retried here by
+drover.retry.api_call on the injected clock.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from drover.imagefactory_http import (  # noqa: F401 (re-exported: callers catch
     ImageFactoryError,
     UnknownExtension,
     UnknownVersion,
+    UnsafeFactoryURL,
     _locked,
     _raise_for_status,
     _range_start,
@@ -40,6 +43,7 @@ from drover.imagefactory_http import (  # noqa: F401 (re-exported: callers catch
     _sha256,
     _total_length,
     _verified,
+    check_url,
 )
 from drover.lab.clock import Clock, SystemClock
 from drover.machineconfig.render import schematic_id, schematic_yaml
@@ -103,7 +107,7 @@ class ImageFactory:
 
     def __init__(self, base_url: str, client: httpx.Client | None = None,
                  cache_dir: Path | None = None, clock: Clock | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_url(base_url).rstrip("/")  # before any request is made
         self.host = urlparse(self.base_url).netloc
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=API_TIMEOUT)
@@ -230,6 +234,7 @@ class ImageFactory:
         on a 200), verified, and renamed into place after its checksum file is written, so a
         crash never leaves a half file that looks cached.
         """
+        check_url(url, "download URL", base=False)
         entry = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()
         entry.mkdir(parents=True, exist_ok=True, mode=0o700)
         name = PurePosixPath(unquote(urlparse(url).path)).name or "download"
@@ -268,6 +273,7 @@ class ImageFactory:
         try:
             with self._client.stream("GET", url, headers=headers, timeout=DOWNLOAD_TIMEOUT,
                                      follow_redirects=True) as response:
+                check_url(str(response.url), f"GET {url}: redirected to", base=False)
                 if response.status_code == 416 and offset:
                     if _total_length(response, 0) == offset:  # complete; crashed before rename
                         return _sha256(part).hexdigest()
@@ -309,6 +315,7 @@ class ImageFactory:
                                             follow_redirects=True, **kwargs)
         except httpx.RequestError as exc:
             raise _request_error(method, url, exc) from exc
+        check_url(str(response.url), f"{method} {url}: redirected to", base=False)
         _raise_for_status(method, url, response)
         return response
 

@@ -1,15 +1,18 @@
-"""The Image Factory's errors and the HTTP plumbing of its client: an answer's status as an
-error (4xx refused, 5xx/timeouts transient), Range arithmetic for resumed downloads, file
-checksums, and a lock so two tasks never fetch the same file at once."""
+"""The Image Factory's errors and the HTTP plumbing of its client: which URLs it may reach
+(https, or http to a loopback host; no credentials), an answer's status as an error (4xx
+refused, 5xx/timeouts transient), Range arithmetic for resumed downloads, file checksums,
+and a lock so two tasks never fetch the same file at once."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
@@ -46,6 +49,53 @@ class UnknownVersion(ImageFactoryError, LookupError):
 
 class ChecksumMismatch(ImageFactoryError, ValueError):
     """A downloaded file's sha256 is not the one expected; nothing was cached."""
+
+
+class UnsafeFactoryURL(ImageFactoryError, ValueError):
+    """A URL the client will not use: not https (http only to a loopback host, for tests),
+    credentials in it, or no host; refused before any request."""
+
+
+def check_url(url: str, field: str = "spec.talos.imageFactory", base: bool = True) -> str:
+    """`url` if the factory client may send a request to it, else UnsafeFactoryURL naming
+    `field`; a base URL may carry no query or fragment. Credentials are never echoed."""
+    parts = _split(url)
+    if parts is None or not parts.hostname:
+        problem = "is not a URL with a host"
+    elif "@" in parts.netloc:
+        problem = "carries credentials (user@); the factory is public: remove them"
+    elif parts.scheme == "http" and not _loopback(parts.hostname):
+        problem = "is plain http; use https:// (http is allowed only to a loopback host)"
+    elif parts.scheme not in ("https", "http"):
+        problem = f"has scheme {parts.scheme or 'none'!r}; the factory is reached over https://"
+    elif base and (parts.query or parts.fragment):
+        problem = "has a query or fragment; give the factory's base URL only"
+    else:
+        return url
+    raise UnsafeFactoryURL(f"{field}: {_shown(url)} {problem}")
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError when the port is not a number 0-65535)
+    except ValueError:
+        return None
+    return parts
+
+
+def _shown(url: str) -> str:
+    """`url` with any user:password@ replaced by ***@, for messages."""
+    return re.sub(r"(//)[^/@]*@", r"\1***@", url)
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _request_error(method: str, url: str, exc: httpx.RequestError) -> DroverError:

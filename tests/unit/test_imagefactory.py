@@ -31,6 +31,7 @@ from drover.imagefactory import (
     ImageFactory,
     UnknownExtension,
     UnknownVersion,
+    UnsafeFactoryURL,
 )
 from drover.lab.clock import ManualClock
 from drover.machineconfig.render import installer_image as render_installer_image
@@ -592,3 +593,62 @@ def test_fake_answers_are_json_where_the_api_says_so(fake):
         answer = client.post(f"{BASE}/schematics", content=b"customization: {}\n")
     assert answer.status_code == 201
     assert json.loads(answer.text) == {"id": VANILLA_ID, "schematic": "customization: {}\n"}
+
+
+# ---- which URLs the client may reach ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "https://factory.talos.dev", "https://factory.example:8443/base/", "http://127.0.0.1:8080",
+    "http://localhost:8080", "http://[::1]:8080",
+])
+def test_https_or_loopback_http_base_urls_are_accepted(url):
+    ImageFactory(url, client=httpx.Client(transport=httpx.MockTransport(lambda r: None))).close()
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("file:///etc/passwd", "is not a URL with a host"),
+    ("http://factory.talos.dev", "is plain http; use https://"),
+    ("http://10.0.0.1:8080", "is plain http"),
+    ("ftp://factory.talos.dev", "has scheme 'ftp'"),
+    ("factory.talos.dev", "is not a URL with a host"),
+    ("https://factory.test:99999", "is not a URL with a host"),
+    ("https://factory.test/?x=1", "has a query or fragment"),
+])
+def test_unsafe_base_urls_are_refused_before_any_request(url, problem):
+    sent: list[httpx.Request] = []
+    client = httpx.Client(transport=httpx.MockTransport(sent.append))
+
+    with pytest.raises(UnsafeFactoryURL, match=rf"spec.talos.imageFactory: .* {problem}"):
+        ImageFactory(url, client=client)
+
+    assert sent == []
+
+
+def test_credentials_in_the_url_are_refused_and_never_echoed():
+    with pytest.raises(UnsafeFactoryURL, match="carries credentials") as err:
+        ImageFactory("https://admin:hunter2@factory.test")
+
+    assert "hunter2" not in str(err.value) and "https://***@factory.test" in str(err.value)
+
+
+def test_a_download_url_that_is_not_https_is_refused_before_any_request(factory, fake):
+    with pytest.raises(UnsafeFactoryURL, match="download URL: http://cdn.example/x.iso is plain"):
+        factory.download("http://cdn.example/x.iso")
+
+    assert fake.requests == []
+
+
+def test_a_redirect_to_plain_http_is_refused_before_the_body_is_kept(tmp_path, clock):
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "factory.test":
+            return httpx.Response(302, headers={"Location": "http://cdn.example/x.iso"})
+        return httpx.Response(200, content=b"evil bytes")
+
+    client = httpx.Client(transport=httpx.MockTransport(handle))
+    factory = ImageFactory(BASE, client=client, cache_dir=tmp_path, clock=clock)
+
+    with pytest.raises(UnsafeFactoryURL, match="redirected to: http://cdn.example/x.iso"):
+        factory.download(f"{BASE}/image/x/v1.13.9/x.iso")
+
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [".lock"]
