@@ -2,7 +2,8 @@
 
 Everything runs on the hosts through drover.ssh (host keys verified): `virsh` for
 domains, `qemu-img` for disks. A boot image (spec.provider.bootImage, or the Talos
-nocloud qcow2 from the Image Factory) is uploaded once per host and content hash; each
+nocloud qcow2 from the Image Factory) is checked by sha256 (drover.bootimage: pinned by
+bootImageSha256, else trusted on first download) and uploaded once per host and hash; each
 node's disk is a qcow2 overlay on it (no full copy). Its machine config rides on a
 cidata disk (Talos nocloud `user-data` + `meta-data`) built here and uploaded 0600, or,
 with configDelivery: api, goes over the Talos API in maintenance mode. Each domain
@@ -14,15 +15,16 @@ node prints on its serial console; none within the timeout is an error, never a 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from drover import retry
+from drover.bootimage import BootImageMismatch, fetch_boot_image, verify_file
 from drover.errors import NodeNotFound, ProviderError, StageTimeout
 from drover.home import cluster_dir
 from drover.imagefactory import ImageFactory
@@ -55,6 +57,8 @@ class Libvirt(Provider):
         self.spec, self.settings = spec, settings
         self.clock = clock or SystemClock()
         self.storage = settings.storage_dir.rstrip("/")
+        self._verified: dict[str, tuple[Path, str]] = {}
+        self._verify_lock = threading.Lock()
 
     # ---- hosts and commands ------------------------------------------------------------
     def _host(self, target: SshTarget) -> Connection:
@@ -75,34 +79,48 @@ class Libvirt(Provider):
         return f"{self.storage}/{self.spec.name}"
 
     # ---- images ----------------------------------------------------------------------
-    def _upload_once(self, target: SshTarget, local: Path) -> str:
-        """Upload `local` to the host's base folder under its content hash; skip if there."""
-        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    def _upload_once(self, target: SshTarget, local: Path, digest: str) -> str:
+        """Upload `local` (sha256 `digest`, verified) to the host's base folder under its
+        content hash; skip if there. The host's copy must hash to `digest` too."""
         remote = f"{self.storage}/base/{digest[:16]}-{local.name}"
         host = self._host(target)
         host.run(["mkdir", "-p", f"{self.storage}/base"], COMMAND_TIMEOUT)
-        host.upload(local, remote)
+        sent = host.upload(local, remote)
+        if sent.sha256 != digest:  # the local file changed after it was verified
+            raise BootImageMismatch(f"{local}: changed while drover was uploading it to "
+                                    f"{target.host} (sha256 {sent.sha256}, verified {digest})")
         host.run(["chmod", "0644", remote], COMMAND_TIMEOUT)  # qemu reads it as its own user
         return remote
 
-    def _boot_disk(self) -> Path:
-        """The local boot disk: spec.provider.bootImage, or the Talos nocloud qcow2 of the
-        spec's schematic and version from the Image Factory (downloaded once, cached)."""
+    def _boot_disk(self) -> tuple[Path, str]:
+        """The local boot disk and its sha256: spec.provider.bootImage, or the Talos nocloud
+        qcow2 of the spec's schematic and version from the Image Factory (downloaded once,
+        cached); checked against bootImageSha256, else trusted on first download."""
+        pin = self.settings.boot_image_sha256
         if self.settings.boot_image:
-            return Path(self.settings.boot_image).expanduser()
+            path = Path(self.settings.boot_image).expanduser()
+            return path, verify_file(path, pin, "spec.provider.bootImageSha256")
         with ImageFactory.for_spec(self.spec) as factory:
             schematic = factory.create_schematic(self.spec)
-            return factory.download(factory.disk_image_url(
-                schematic, self.spec.spec.talos.version, platform="nocloud", suffix="qcow2"))
+            return fetch_boot_image(factory, factory.disk_image_url(
+                schematic, self.spec.spec.talos.version, platform="nocloud", suffix="qcow2"), pin)
+
+    def _local_files(self) -> dict[str, tuple[Path, str]]:
+        """The boot files to upload with their verified sha256, worked out once per provider."""
+        with self._verify_lock:
+            if not self._verified:
+                self._verified = {"base": self._boot_disk(), **{
+                    key: self._direct_boot_file(key) for key in ("kernel", "initrd")
+                    if getattr(self.settings, key)}}
+            return self._verified
+
+    def _direct_boot_file(self, key: str) -> tuple[Path, str]:
+        path, pin = Path(getattr(self.settings, key)).expanduser(), f"{key}_sha256"
+        return path, verify_file(path, getattr(self.settings, pin), f"spec.provider.{key}Sha256")
 
     def _boot_files(self, target: SshTarget) -> dict[str, str]:
-        settings = self.settings
-        files = {"base": self._upload_once(target, self._boot_disk())}
-        for key in ("kernel", "initrd"):
-            local = getattr(settings, key)
-            if local:
-                files[key] = self._upload_once(target, Path(local).expanduser())
-        return files
+        return {key: self._upload_once(target, path, digest)
+                for key, (path, digest) in self._local_files().items()}
 
     def prepare_image(self, image: str) -> str:
         for target in self.settings.hosts:
