@@ -226,13 +226,14 @@ def report(cluster: str, flow: Annotated[str, typer.Option(help="deploy, upgrade
 def config_render(config: Path, out_dir: Annotated[Path, typer.Option("--out")]) -> None:
     """Write each node's Talos machine config and a talosconfig into --out (mode 0600)."""
     from drover.home import cluster_dir
-    from drover.machineconfig import load_or_create_secrets, write_rendered
+    from drover.machineconfig import ensure_secrets, write_rendered
 
     try:
         spec = load_spec(config)
     except SpecError as exc:
         raise _fail(exc) from None
-    paths = write_rendered(spec, load_or_create_secrets(cluster_dir(spec.name)), out_dir)
+    # before the first deploy this makes the secrets the deploy then uses; after it, loads them
+    paths = write_rendered(spec, ensure_secrets(cluster_dir(spec.name), False), out_dir)
     for path in paths:
         out.print(str(path), highlight=False)
 

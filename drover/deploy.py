@@ -17,8 +17,9 @@ from drover.kube import KubeAPI, LabKube, open_kube
 from drover.lab.clock import Clock
 from drover.lab.datacenter import Datacenter
 from drover.machineconfig import (
+    ensure_secrets,
     installer_image,
-    load_or_create_secrets,
+    load_secrets,
     render_node_yaml,
     write_kubeconfig,
     write_talosconfig,
@@ -95,11 +96,12 @@ def provision_node(infra: Infra, node: NodeSpec, image: str) -> float:
     return infra.clock.now() - started
 
 
-def prepare_cluster_dir(spec: ClusterSpec) -> None:
-    """Generate the cluster's secrets once, keep its spec, and write the admin kubeconfig,
-    in $DROVER_HOME/clusters/<name>/ (files 0600)."""
+def prepare_cluster_dir(spec: ClusterSpec, nodes_exist: bool = False) -> None:
+    """Generate the cluster's secrets before its first deploy only (never while nodes exist,
+    `nodes_exist` as observed), keep its spec, and write the admin kubeconfig, in
+    $DROVER_HOME/clusters/<name>/ (files 0600)."""
     folder = cluster_dir(spec.name)
-    secrets = load_or_create_secrets(folder)
+    secrets = ensure_secrets(folder, nodes_exist)
     remember_spec(spec)
     write_kubeconfig(folder, spec.name, spec.spec.kubernetes.endpoint, secrets)
 
@@ -107,7 +109,7 @@ def prepare_cluster_dir(spec: ClusterSpec) -> None:
 def configure_node(infra: Infra, node: NodeSpec) -> float:
     """Push the node's machine config if it has none, then wait until it runs it."""
     started = infra.clock.now()
-    secrets = load_or_create_secrets(cluster_dir(infra.spec.name))
+    secrets = load_secrets(cluster_dir(infra.spec.name))
     target = infra.provider.get_node(node.name)
     if not infra.talos.machine_status(target).configured:
         config = render_node_yaml(infra.spec, node, secrets)
@@ -209,7 +211,7 @@ def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda
 def write_client_configs(infra: Infra) -> list[str]:
     """talosconfig and kubeconfig for the cluster (mode 0600); returns their paths."""
     folder = cluster_dir(infra.spec.name)
-    secrets = load_or_create_secrets(folder)
+    secrets = load_secrets(folder)
     nodes = infra.provider.list_nodes()
     endpoints = [n.address for n in nodes if n.role == "controlplane"]
     talosconfig = write_talosconfig(folder, infra.spec.name, endpoints,

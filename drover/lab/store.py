@@ -1,17 +1,23 @@
 """The lab's SQLite file: schema, connections, and the persisted virtual clock.
 
 WAL mode and short IMMEDIATE transactions let parallel tasks (threads or
-worker processes) share one lab; every operation is one transaction.
+worker processes) share one lab; every operation is one transaction. The file is
+0600 in a 0700 folder, created only where none exists: an empty or foreign file
+is refused with its path, never silently rebuilt.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from secrets import token_hex
 
+from drover.errors import StateError
 from drover.lab.clock import Clock
+from drover.statefile import check_private, damaged, private_dir, sqlite_connect, sqlite_errors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -20,7 +26,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     address TEXT NOT NULL, image TEXT, config_hash TEXT, talos_version TEXT,
     cpus INTEGER, memory_mib INTEGER, disk_gib INTEGER,
     created_at REAL NOT NULL, running_at REAL, join_due REAL, ready_due REAL, ready_at REAL,
-    kubernetes_version TEXT, cordoned INTEGER NOT NULL DEFAULT 0, target_version TEXT
+    kubernetes_version TEXT, cordoned INTEGER NOT NULL DEFAULT 0, target_version TEXT,
+    etcd_data TEXT
 );
 CREATE INDEX IF NOT EXISTS nodes_cluster ON nodes(cluster);
 CREATE TABLE IF NOT EXISTS clusters (
@@ -62,12 +69,42 @@ class CommitThenRaise(Exception):
 
 class LabStore:
     def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open the lab file at `path`, creating it only where no file exists: an existing
+        file that is empty, foreign or damaged is refused, never re-initialised."""
+        self.path = Path(path)
+        private_dir(self.path.parent)
+        if not self.path.exists():
+            self._create()
+        check_private(self.path)
+        self._uri = f"{self.path.resolve().as_uri()}?mode=rw"  # rw: never create it again
         with self.connect() as con:
+            tables = {row[0] for row in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "nodes" not in tables:
+                what = "is empty" if not tables else "holds no drover lab"
+                raise StateError(f"{self.path}: {what}: restore it, or delete it to start an "
+                                 "empty lab; every lab cluster in it is then forgotten")
             con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+            con.executescript(SCHEMA)  # the tables a later drover added
             self._migrate(con)
+
+    def _create(self) -> None:
+        """Build a new lab file aside and link it into place: a crash half-way never leaves an
+        empty lab.db (which the next open would refuse), and of two first opens one wins."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{token_hex(4)}.tmp")
+        try:
+            con = sqlite_connect(tmp, timeout=60, isolation_level=None)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
+                con.executescript(SCHEMA)
+            finally:
+                con.close()  # the last connection checkpoints and removes the -wal file
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass  # another process created it first: open that one
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
 
     @staticmethod
     def _migrate(con: sqlite3.Connection) -> None:
@@ -78,15 +115,23 @@ class LabStore:
                 con.execute(f"ALTER TABLE nodes ADD COLUMN {column} {decl}")
 
     def _open(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            con = sqlite3.connect(self._uri, uri=True, timeout=60, isolation_level=None)
+        except sqlite3.Error as exc:
+            if not self.path.exists():
+                raise StateError(f"{self.path}: the lab file was removed while drover used it; "
+                                 "restore it, or start again with an empty lab") from None
+            raise damaged(self.path, exc) from None
         con.row_factory = sqlite3.Row
         return con
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
+        """One connection; a damaged file surfaces as a StateError naming it."""
         con = self._open()
         try:
-            yield con
+            with sqlite_errors(self.path):
+                yield con
         finally:
             con.close()
 
