@@ -50,7 +50,7 @@ def resolve(block: str, field: str = "") -> str:
         resolver = _resolver
     if resolver is None:
         raise SecretUnavailable(
-            f"secret block {block!r}{where} was not resolved: no secret resolver is registered "
+            f"secret block {block!r} was not resolved{where}: no secret resolver is registered "
             "in this process. drover's Prefect tasks register one (import tasks); outside "
             "Prefect, pass the value directly or use the setting's file/environment variable")
     try:

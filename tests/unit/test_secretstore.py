@@ -54,7 +54,7 @@ def test_without_a_resolver_the_error_names_the_block_and_field_and_how_to_get_o
         secretstore.resolve("pve-token", "spec.provider.tokenSecretBlock")
 
     message = str(err.value)
-    assert "'pve-token' (named by spec.provider.tokenSecretBlock) was not resolved" in message
+    assert "'pve-token' was not resolved (named by spec.provider.tokenSecretBlock)" in message
     assert "no secret resolver is registered" in message
     assert isinstance(err.value, DroverError) and not secretstore.has_resolver()
 
@@ -124,6 +124,13 @@ def test_ssh_key_block_missing_is_an_auth_error_naming_host_and_block(blocks):
 
     with pytest.raises(SshAuthFailed, match=r"hv1:2222: secret block 'hv-key' \(named by "
                                             r"keySecretBlock of host hv1\) does not exist"):
+        _private_key(target, None)
+
+
+def test_ssh_key_block_without_a_resolver_is_an_auth_error_before_any_connection(no_resolver):
+    target = SshTarget(host="hv1", key_secret_block="hv-key")
+
+    with pytest.raises(SshAuthFailed, match="hv1:22: secret block 'hv-key' was not resolved"):
         _private_key(target, None)
 
 
