@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
+
 import pytest
 
 from drover.lab.clock import ManualClock
@@ -151,3 +155,72 @@ def test_history_round_trips_runs_and_filters_by_cluster_and_flow(tmp_path):
 ])
 def test_percentile(values, pct, expected):
     assert percentile(values, pct) == pytest.approx(expected)
+
+
+# --- every run leaves a record, and only completed runs are judged ---------------------------
+
+@pytest.mark.parametrize("outcome, stages, text", [
+    ("failed", [], "failed after 3m12s — not judged against the target"),
+    ("running", [], "still running — not judged against the target"),
+    ("killed", [StageTiming("provision", 0.0, 100.0)],
+     "killed after at least 1m40s — not judged against the target"),
+    ("killed", [], "killed — not judged against the target"),
+])
+def test_a_run_that_did_not_complete_is_never_within_the_target(outcome, stages, text):
+    run = RunTiming("lab", "deploy", 0.0, 192.0 if outcome == "failed" else 0.0, outcome,
+                    stages=stages)
+    assert run.verdict() == text
+    assert "within" not in run.markdown()
+
+
+def test_begin_then_record_leaves_one_row_with_the_outcome(tmp_path):
+    history = History(tmp_path / "history.db")
+    run = RunTiming("lab", "deploy", 100.0)
+
+    run_id = history.begin(run)
+    assert run.run_id == run_id
+    assert [r.outcome for r in history.runs("lab")] == ["running"]  # this process: alive
+    run.ended, run.outcome = 160.0, "failed"
+    history.record(run)
+
+    assert [(r.run_id, r.outcome, r.total) for r in history.runs("lab")] == [
+        (run_id, "failed", 60.0)]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_run_whose_process_is_gone_reads_as_killed(tmp_path):
+    history = History(tmp_path / "history.db")
+    history.begin(RunTiming("lab", "deploy", 100.0, run_id="r1"))
+    with sqlite3.connect(tmp_path / "history.db") as con:
+        con.execute("UPDATE runs SET pid=? WHERE run_id='r1'", (dead_pid(),))
+
+    [run] = history.runs("lab")
+    assert (run.outcome, run.verdict()) == ("killed", "killed — not judged against the target")
+
+
+def test_a_run_begun_over_a_day_ago_reads_as_killed_whatever_its_pid(tmp_path):
+    wall = [1_000_000.0]
+    history = History(tmp_path / "history.db", wall=lambda: wall[0])
+    history.begin(RunTiming("lab", "deploy", 100.0))
+    assert history.runs("lab")[0].outcome == "running"
+    wall[0] += 24 * 3600 + 1
+    assert history.runs("lab")[0].outcome == "killed"
+
+
+def test_a_history_made_before_runs_were_begun_is_migrated(tmp_path):
+    path = tmp_path / "history.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, cluster TEXT, "
+                    "flow TEXT, started REAL, outcome TEXT, total REAL, record TEXT)")
+    path.chmod(0o600)
+    old = timed_run()
+    History(path).record(old)
+
+    history = History(path)
+    history.begin(RunTiming("lab", "deploy", 9000.0, run_id="new"))
+    assert [r.outcome for r in history.runs("lab")] == ["completed", "running"]
