@@ -120,6 +120,14 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _wrong_type(wanted: list[str], instance: Any) -> str:
+    return f"must be {' or '.join(_TYPES.get(t, t) for t in wanted)}, got {_kind(instance)}"
+
+
 def _unknown(error: ValidationError) -> Iterator[tuple[list[Any], str]]:
     known = list(error.schema.get("properties", {}))
     patterns = list(error.schema.get("patternProperties", {}))
@@ -137,11 +145,13 @@ def _explain(error: ValidationError) -> Iterator[tuple[list[Any], str]]:
     if rule == "additionalProperties" and expected is False:
         yield from _unknown(error)
     elif rule in ("oneOf", "anyOf") and error.context:
-        yield from _explain(best_match(error.context))
+        if all(e.validator == "type" and not e.relative_path for e in error.context):
+            wanted = [t for e in error.context for t in _listed(e.validator_value)]
+            yield list(error.absolute_path), _wrong_type(wanted, error.instance)
+        else:
+            yield from _explain(best_match(error.context))
     elif rule == "type":
-        wanted = " or ".join(_TYPES.get(t, t) for t in
-                             (expected if isinstance(expected, list) else [expected]))
-        yield list(error.absolute_path), f"must be {wanted}, got {_kind(error.instance)}"
+        yield list(error.absolute_path), _wrong_type(_listed(expected), error.instance)
     elif rule == "enum":
         yield list(error.absolute_path), f"must be one of {', '.join(map(str, expected))}"
     elif rule == "const":
