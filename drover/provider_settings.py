@@ -3,13 +3,13 @@ picked by `kind`."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from drover.model import Model
+from drover.fields import lab_network
+from drover.model import DNS_LABEL, NODE_NAME_MAX, Model
 
 
 class LabFault(Model):
@@ -17,7 +17,9 @@ class LabFault(Model):
 
     type: Literal["create-fails", "never-boots", "talos-api-errors", "dies", "upgrade-fails",
                   "drain-blocked"]
-    node: str = Field(description="the node's name, e.g. lab-cp-2")
+    node: Annotated[str, Field(pattern=DNS_LABEL, max_length=NODE_NAME_MAX, description=(
+        "the node's name, <cluster>-<pool>-<n> with a declared pool, e.g. lab-cp-2; n may be "
+        "beyond the pool's count (replacements and scale-ups get fresh numbers)"))]
     times: int = Field(1, ge=1, description=(
         "create-fails, talos-api-errors, upgrade-fails: how many times it happens"))
     after_seconds: float = Field(
@@ -34,18 +36,16 @@ class LabProvider(Model):
     clock: Literal["system", "virtual"] = Field(
         "system", description="virtual: time advances only when drover waits (tests)"
     )
-    network: str = Field("10.5.0.0/24", description="emulated node network (no traffic is sent)")
+    network: str = Field("10.5.0.0/24", description=(
+        "emulated node network (no traffic is sent); at most an IPv4 /16 or an IPv6 /112, "
+        "since the lab assigns node addresses from it"))
     seed: int | None = Field(None, description="seed for duration jitter; random if unset")
     faults: list[LabFault] = Field(default_factory=list)
 
     @field_validator("network")
     @classmethod
     def _network_is_cidr(cls, value: str) -> str:
-        try:
-            ipaddress.ip_network(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a CIDR like 10.5.0.0/24") from None
-        return value
+        return lab_network(value)
 
 
 class SshTarget(Model):
