@@ -10,12 +10,12 @@ names both recoveries, `recall_spec` falls back to the previous copy and says so
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from drover.boundaries import cluster_name
 from drover.errors import InvalidName, StateError
 from drover.files import write_private
 from drover.statefile import private_dir, read_private
@@ -23,8 +23,6 @@ from drover.statefile import private_dir, read_private
 if TYPE_CHECKING:
     from drover.spec import ClusterSpec
 
-#: a cluster name as metadata.name allows it: a DNS label of at most 40 characters
-CLUSTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 SPEC_FILE = "cluster.json"
 PREVIOUS_SPEC = "cluster.json.prev"
 
@@ -36,19 +34,10 @@ def drover_home() -> Path:
                        .expanduser())
 
 
-def check_cluster_name(name: str) -> str:
-    """`name` if it can name a cluster folder (what metadata.name allows); else InvalidName."""
-    if not isinstance(name, str) or len(name) > 40 or not CLUSTER_NAME.fullmatch(name):
-        shown = repr(name[:60]) if isinstance(name, str) else type(name).__name__
-        raise InvalidName(f"cluster name {shown}: must be lower-case letters, digits and '-', "
-                          "starting and ending with a letter or digit, at most 40 characters")
-    return name
-
-
 def _cluster_path(name: str) -> Path:
     """clusters/<name> under drover_home(), for a checked name that stays inside it."""
     clusters = private_dir(drover_home() / "clusters")
-    path = clusters / check_cluster_name(name)
+    path = clusters / cluster_name(name)
     if path.is_symlink() or path.resolve().parent != clusters.resolve():
         raise InvalidName(f"{path}: a cluster folder must be a plain folder inside {clusters}")
     return path
