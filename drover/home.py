@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from drover.boundaries import cluster_name
 from drover.errors import InvalidName, StateError
 from drover.files import write_private
-from drover.statefile import private_dir, read_private
+from drover.statefile import check_private, private_dir, read_private
 
 if TYPE_CHECKING:
     from drover.spec import ClusterSpec
@@ -40,6 +40,7 @@ def _cluster_path(name: str) -> Path:
     path = clusters / cluster_name(name)
     if path.is_symlink() or path.resolve().parent != clusters.resolve():
         raise InvalidName(f"{path}: a cluster folder must be a plain folder inside {clusters}")
+    check_private(path)  # if it exists: 0700, or refused with the chmod that fixes it
     return path
 
 

@@ -46,8 +46,7 @@ def read_private(path: Path, what: str = "file") -> str:
     """The text of a drover file that holds secrets, once its mode is checked; a missing file
     raises FileNotFoundError (the caller says what to restore), anything else a StateError."""
     path = Path(path)
-    check_private(path.parent)
-    check_private(path)
+    check_private(path)  # its folder is checked where drover makes it (private_dir)
     try:
         return path.read_text()
     except FileNotFoundError:

@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from drover.errors import SecretsMissing, StateError
 from drover.files import write_private
-from drover.statefile import private_dir, read_private
+from drover.statefile import check_private, private_dir, read_private
 
 CA_VALIDITY = dt.timedelta(hours=87600)  # Talos CAValidityTime
 CLIENT_VALIDITY = dt.timedelta(days=365)  # talosctl and admin kubeconfig default
@@ -255,6 +255,7 @@ def load_secrets(cluster_dir: Path) -> SecretsBundle:
     running cluster). Open to others, unreadable or malformed: StateError naming the file.
     """
     path = Path(cluster_dir) / SECRETS_FILE
+    check_private(path.parent)
     try:
         text = read_private(path, "secrets file")
     except FileNotFoundError:
