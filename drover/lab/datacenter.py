@@ -4,46 +4,34 @@ answer about one cluster's nodes (the engine in engine.py keeps their time).
 Talos rules hold: config goes in insecurely only in maintenance mode, etcd is
 bootstrapped once, control planes join etcd as they come up, an upgrade that
 would lose quorum is refused, a failed upgrade rolls back (A/B images), and a
-cluster that loses etcd quorum stays broken.
+cluster that loses etcd quorum stays broken until it is restored from an etcd
+snapshot (etcd.py: snapshots, EPHEMERAL wipes, bootstrap --recover-from).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
 
 from drover.errors import (
     AlreadyBootstrapped,
-    NodeNotFound,
     NotInMaintenance,
     ProviderError,
-    QuorumError,
     TalosError,
     TransientError,
 )
-from drover.lab.engine import ALIVE, LabEngine
+from drover.lab.engine import ALIVE
+from drover.lab.etcd import LabEtcd
 from drover.lab.model import LabCluster, LabNode, installed_versions, version_of
 from drover.lab.store import CommitThenRaise
 from drover.spec import NodeSpec
 
 
-class Datacenter(LabEngine):
+class Datacenter(LabEtcd):
     """One cluster's view of the lab file; settings (profile, faults) come from its spec."""
 
     # ---- reading ------------------------------------------------------------
-    def _node(self, con: sqlite3.Connection, row: sqlite3.Row,
-              available: bool | None = None) -> LabNode:
-        """A node as read now; Ready needs the API available (kubelets report through it)."""
-        if available is None:
-            available = self._available(con)
-        member = con.execute("SELECT 1 FROM etcd_members WHERE cluster=? AND node=?",
-                             (self.cluster, row["name"])).fetchone() is not None
-        return LabNode(row["name"], row["cluster"], row["role"], row["pool"], row["state"],
-                       row["since"], row["address"], row["talos_version"], row["config_hash"],
-                       row["ready_at"] is not None and row["state"] == "running" and available,
-                       member,
-                       bool(row["cordoned"]), row["kubernetes_version"], row["image"])
-
     def nodes(self) -> list[LabNode]:
         with self.store.transaction() as con:
             self._advance(con)
@@ -57,13 +45,6 @@ class Datacenter(LabEngine):
             self._advance(con)
             return self._get(con, name)
 
-    def _get(self, con: sqlite3.Connection, name: str) -> LabNode:
-        row = con.execute("SELECT * FROM nodes WHERE name=? AND cluster=?",
-                          (name, self.cluster)).fetchone()
-        if row is None:
-            raise NodeNotFound(f"{name}: no such node in lab cluster {self.cluster!r}")
-        return self._node(con, row)
-
     def status(self) -> LabCluster:
         with self.store.transaction() as con:
             self._advance(con)
@@ -72,10 +53,13 @@ class Datacenter(LabEngine):
                 "SELECT m.node, m.member_id, n.state FROM etcd_members m LEFT JOIN nodes n "
                 "ON n.name = m.node WHERE m.cluster=? ORDER BY m.node", (self.cluster,)).fetchall()
             lost = bool(cl and cl["quorum_lost_at"] is not None)
+            recoveries = con.execute("SELECT COUNT(*) FROM etcd_recoveries WHERE cluster=?",
+                                     (self.cluster,)).fetchone()[0]
             return LabCluster(
                 self.cluster, bool(cl and cl["bootstrapped_at"] is not None),
                 cl["bootstraps"] if cl else 0, self._available(con), lost,
-                [(m["node"], m["member_id"], m["state"] in ALIVE) for m in members])
+                [(m["node"], m["member_id"], m["state"] in ALIVE) for m in members],
+                recoveries)
 
     def events(self) -> list[tuple[float, str | None, str]]:
         with self.store.connect() as con:
@@ -104,7 +88,8 @@ class Datacenter(LabEngine):
             con.execute("INSERT OR IGNORE INTO clusters (name) VALUES (?)", (self.cluster,))
             con.execute(
                 "INSERT INTO nodes (name, cluster, role, pool, state, since, due, address, image,"
-                " cpus, memory_mib, disk_gib, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " cpus, memory_mib, disk_gib, created_at, etcd_data)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'empty')",
                 (node.name, self.cluster, node.role, node.pool, "created", now,
                  now + self._draw("create", node.name), self._free_address(con), image,
                  node.size.cpus, node.size.memory_mib, node.size.disk_gib, now))
@@ -112,9 +97,11 @@ class Datacenter(LabEngine):
             return self._get(con, node.name)
 
     def _free_address(self, con: sqlite3.Connection) -> str:
+        """The first free host address past the reserved ten; the network's hosts are walked
+        lazily (a /8 or an IPv6 /64 has far too many to list), at most one past each node."""
         used = {r[0] for r in con.execute("SELECT address FROM nodes")}
         # the first ten addresses stay free for the gateway and an endpoint VIP in the spec
-        for host in list(self.network.hosts())[9:]:
+        for host in itertools.islice(self.network.hosts(), 9, 9 + len(used) + 1):
             if str(host) not in used:
                 return str(host)
         raise ProviderError(f"lab network {self.network} has no free address left; "
@@ -129,21 +116,14 @@ class Datacenter(LabEngine):
                 self._event(con, now, name, "deleted")
                 self._check_quorum(con, now)
             if not con.execute("SELECT 1 FROM nodes WHERE cluster=?", (self.cluster,)).fetchone():
-                for table in ("clusters", "etcd_members", "fault_uses", "images"):
+                # the lab's etcd snapshots stay: restoring one into a rebuilt cluster is the
+                # disaster-recovery path for a cluster that lost every control plane
+                for table in ("clusters", "etcd_members", "fault_uses", "images",
+                              "etcd_recoveries"):
                     column = "name" if table == "clusters" else "cluster"
                     con.execute(f"DELETE FROM {table} WHERE {column}=?", (self.cluster,))
 
     # ---- the Talos API ----------------------------------------------------------
-    def _reachable(self, con: sqlite3.Connection, name: str) -> LabNode:
-        node = self._get(con, name)
-        if self._take_fault(con, "talos-api-errors", name):
-            raise CommitThenRaise(TransientError(
-                f"{name}: Talos API: rpc error: code = Unavailable (injected fault)"))
-        if node.state not in ("maintenance", "running"):
-            raise TransientError(f"{name}: Talos API not reachable while the node is "
-                                 f"{node.state}")
-        return node
-
     def apply_config(self, name: str, config: str, insecure: bool) -> None:
         with self.store.transaction() as con:
             now = self._advance(con)
@@ -213,16 +193,6 @@ class Datacenter(LabEngine):
                         (now, now + self._draw("install", name, 1), target, name))
             self._event(con, now, name, "upgrading")
 
-    def _refuse_quorum_loss(self, con: sqlite3.Connection, name: str) -> None:
-        """Talos refuses to take down a control plane unless every etcd member is healthy."""
-        members = con.execute(
-            "SELECT m.node, n.state FROM etcd_members m LEFT JOIN nodes n ON n.name = m.node "
-            "WHERE m.cluster=?", (self.cluster,)).fetchall()
-        sick = [m["node"] for m in members if m["state"] not in ALIVE]
-        if sick:
-            raise QuorumError(f"{name}: etcd member {sick[0]} is not healthy; all members "
-                              "must be healthy to perform an upgrade")
-
     def upgrade_kubernetes(self, version: str) -> list[str]:
         """upgrade-k8s: control-plane static pods, then every kubelet; returns the nodes done."""
         with self.store.transaction() as con:
@@ -236,26 +206,6 @@ class Datacenter(LabEngine):
                             (version, row["name"]))
                 self._event(con, now, row["name"], f"kubelet {version}")
             return [row["name"] for row in rows]
-
-    def remove_member(self, name: str) -> None:
-        """etcd remove-member: drop `name`'s member; refused (like etcd's strict reconfig
-        check) when the members left running would not make a quorum."""
-        with self.store.transaction() as con:
-            now = self._advance(con)
-            rows = con.execute(
-                "SELECT m.node, n.state FROM etcd_members m LEFT JOIN nodes n "
-                "ON n.name = m.node WHERE m.cluster=?", (self.cluster,)).fetchall()
-            if name not in {r["node"] for r in rows}:
-                return
-            left = [r["state"] for r in rows if r["node"] != name]
-            if left and sum(1 for s in left if s in ALIVE) < len(left) // 2 + 1:
-                raise QuorumError(f"{name}: etcdserver: unhealthy cluster: removing this member "
-                                  f"leaves {sum(1 for s in left if s in ALIVE)} of "
-                                  f"{len(left)} members running")
-            if con.execute("DELETE FROM etcd_members WHERE cluster=? AND node=?",
-                           (self.cluster, name)).rowcount:
-                self._event(con, now, name, "etcd-member-removed")
-                self._check_quorum(con, now)
 
     # ---- Kubernetes: cordon, drain --------------------------------------------------
     def set_cordoned(self, name: str, cordoned: bool) -> None:

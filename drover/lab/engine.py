@@ -3,6 +3,11 @@
 No background process runs. Each node row holds its state, when it entered
 it, and when its next change is due; every operation first advances the
 cluster to "now" by the clock (`_advance`), applying due changes earliest first.
+A control plane joins etcd once etcd has a member and quorum. Its etcd data
+(nodes.etcd_data) is 'empty' when new or wiped (it then joins as a new member, replacing
+an old member of its name), NULL once it joined (it holds data while it is a member), or
+'stale': the data of an etcd that was since recovered from a snapshot, so it never joins
+until it is wiped.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import random
 import sqlite3
 from pathlib import Path
 
+from drover.errors import NodeNotFound, TransientError
 from drover.lab.clock import Clock, SystemClock
+from drover.lab.model import LabNode
 from drover.lab.profiles import Profile, load_profile
-from drover.lab.store import LabStore, VirtualClock
+from drover.lab.store import CommitThenRaise, LabStore, VirtualClock
 from drover.spec import ClusterSpec, LabFault, LabProvider
 
 #: state -> (next state, profile step that sets how long the state lasts)
@@ -47,6 +54,37 @@ class LabEngine:
         self.faults: list[LabFault] = list(settings.faults)
         self.network = ipaddress.ip_network(settings.network)
         self.seed = settings.seed
+
+    # ---- reading ------------------------------------------------------------
+    def _node(self, con: sqlite3.Connection, row: sqlite3.Row,
+              available: bool | None = None) -> LabNode:
+        """A node as read now; Ready needs the API available (kubelets report through it)."""
+        if available is None:
+            available = self._available(con)
+        member = con.execute("SELECT 1 FROM etcd_members WHERE cluster=? AND node=?",
+                             (self.cluster, row["name"])).fetchone() is not None
+        return LabNode(row["name"], row["cluster"], row["role"], row["pool"], row["state"],
+                       row["since"], row["address"], row["talos_version"], row["config_hash"],
+                       row["ready_at"] is not None and row["state"] == "running" and available,
+                       member,
+                       bool(row["cordoned"]), row["kubernetes_version"], row["image"])
+
+    def _get(self, con: sqlite3.Connection, name: str) -> LabNode:
+        row = con.execute("SELECT * FROM nodes WHERE name=? AND cluster=?",
+                          (name, self.cluster)).fetchone()
+        if row is None:
+            raise NodeNotFound(f"{name}: no such node in lab cluster {self.cluster!r}")
+        return self._node(con, row)
+
+    def _reachable(self, con: sqlite3.Connection, name: str) -> LabNode:
+        node = self._get(con, name)
+        if self._take_fault(con, "talos-api-errors", name):
+            raise CommitThenRaise(TransientError(
+                f"{name}: Talos API: rpc error: code = Unavailable (injected fault)"))
+        if node.state not in ("maintenance", "running"):
+            raise TransientError(f"{name}: Talos API not reachable while the node is "
+                                 f"{node.state}")
+        return node
 
     # ---- time -------------------------------------------------------------
     def _draw(self, step: str, node: str, n: int = 0) -> float:
@@ -131,9 +169,11 @@ class LabEngine:
         cl = self._cluster_row(con)
         con.execute("UPDATE nodes SET running_at=?, due=? WHERE name=?",
                     (at, at + dies.after_seconds if dies else None, name))
-        role = con.execute("SELECT role FROM nodes WHERE name=?", (name,)).fetchone()["role"]
+        row = con.execute("SELECT role, etcd_data FROM nodes WHERE name=?", (name,)).fetchone()
         member = con.execute("SELECT 1 FROM etcd_members WHERE node=?", (name,)).fetchone()
-        if role == "controlplane" and self._member_count(con) > 0 and member is None:
+        empty = member is None or row["etcd_data"] == "empty"  # its etcd is Preparing
+        if row["role"] == "controlplane" and self._member_count(con) > 0 and empty \
+                and row["etcd_data"] != "stale":
             con.execute("UPDATE nodes SET join_due=? WHERE name=?",
                         (at + self._draw("etcd_join", name), name))
         if cl and cl["api_up_at"] is not None:
@@ -141,18 +181,26 @@ class LabEngine:
                         (at + self._draw("node_ready", name), name))
 
     def _on_join(self, con: sqlite3.Connection, name: str, at: float) -> None:
+        con.execute("UPDATE nodes SET join_due=NULL WHERE name=?", (name,))
+        cl = self._cluster_row(con)
+        if cl is not None and cl["quorum_lost_at"] is not None:
+            # adding a member needs quorum: the node's etcd waits (Preparing) for a recovery
+            self._event(con, at, name, "etcd-join-waiting")
+            return
         first = self._member_count(con) == 0
         member_id = hashlib.sha256(f"{self.cluster}/{name}/{at}".encode()).hexdigest()[:16]
+        # a new or wiped node takes its name's member over under a new ID (as Talos does)
         con.execute("INSERT OR REPLACE INTO etcd_members VALUES (?, ?, ?, ?)",
                     (self.cluster, name, member_id, at))
-        con.execute("UPDATE nodes SET join_due=NULL WHERE name=?", (name,))
+        con.execute("UPDATE nodes SET etcd_data=NULL WHERE name=?", (name,))
         self._event(con, at, name, "etcd-member")
         if first:  # the API server starts once etcd has a member; others may now join
             con.execute("UPDATE clusters SET api_due=? WHERE name=?",
                         (at + self._draw("apiserver", self.cluster), self.cluster))
             for other in con.execute(
                     "SELECT name FROM nodes WHERE cluster=? AND role='controlplane' "
-                    "AND state='running' AND join_due IS NULL AND name!=?",
+                    "AND state='running' AND join_due IS NULL AND name!=? "
+                    "AND COALESCE(etcd_data, '') != 'stale'",
                     (self.cluster, name)).fetchall():
                 con.execute("UPDATE nodes SET join_due=? WHERE name=?",
                             (at + self._draw("etcd_join", other["name"]), other["name"]))

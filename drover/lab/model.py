@@ -34,6 +34,7 @@ class LabCluster:
     api_up: bool
     quorum_lost: bool
     etcd_members: list[tuple[str, str, bool]]  # (node, member id, healthy)
+    recoveries: int = 0      # etcd restored from a snapshot (not counted as bootstraps)
 
 
 def version_of(image: str) -> str | None:

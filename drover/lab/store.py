@@ -50,13 +50,21 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, cluster TEXT NOT NULL, at REAL NOT NULL,
     node TEXT, what TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS etcd_snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, cluster TEXT NOT NULL, taken_at REAL NOT NULL,
+    node TEXT NOT NULL, revision INTEGER NOT NULL, hash TEXT NOT NULL, data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS etcd_recoveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, cluster TEXT NOT NULL, at REAL NOT NULL,
+    node TEXT NOT NULL, snapshot INTEGER NOT NULL, revision INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 1), now REAL NOT NULL);
 """
 
 
 #: node columns added after the first release, for lab files made before them
 ADDED_COLUMNS = [("kubernetes_version", "TEXT"), ("cordoned", "INTEGER NOT NULL DEFAULT 0"),
-                 ("target_version", "TEXT")]
+                 ("target_version", "TEXT"), ("etcd_data", "TEXT")]
 
 
 class CommitThenRaise(Exception):

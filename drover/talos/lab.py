@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from drover.errors import NodeNotFound
 from drover.lab.datacenter import Datacenter
+from drover.lab.etcd import read_snapshot
 from drover.lab.model import LabNode
 from drover.providers.base import Node
 from drover.providers.lab import open_datacenter
 from drover.spec import ClusterSpec, NodeSize, NodeSpec
-from drover.talos.base import ClusterHealth, EtcdMember, MachineStatus, TalosAPI, register
+from drover.talos.base import (
+    ClusterHealth,
+    EtcdMember,
+    MachineStatus,
+    SnapshotInfo,
+    TalosAPI,
+    register,
+)
 
 
 class LabTalos(TalosAPI):
@@ -48,6 +59,25 @@ class LabTalos(TalosAPI):
 
     def remove_member(self, node: Node) -> None:
         self.lab.remove_member(node.name)
+
+    def etcd_snapshot(self, node: Node, path: Path) -> SnapshotInfo:
+        payload = self.lab.snapshot_etcd(node.name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(payload)
+        doc = read_snapshot(payload)
+        return SnapshotInfo(len(payload), doc["hash"], doc["revision"],
+                            len(doc["members"]) + len(doc["cordoned"]))
+
+    def etcd_state(self, node: Node) -> str:
+        return self.lab.etcd_state(node.name)
+
+    def reset_etcd(self, node: Node) -> None:
+        self.lab.reset_etcd(node.name)
+
+    def recover_etcd(self, node: Node, snapshot: Path) -> None:
+        self.lab.recover_etcd(node.name, Path(snapshot).read_bytes())
 
     def machine_status(self, node: Node) -> MachineStatus:
         n = self._twin(node)

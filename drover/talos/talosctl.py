@@ -34,7 +34,14 @@ from drover.machineconfig.secrets import from_yaml, write_talosconfig
 from drover.providers.base import Node, Provider
 from drover.retry import api_call, call
 from drover.spec import ClusterSpec
-from drover.talos.base import ClusterHealth, EtcdMember, MachineStatus, TalosAPI, register
+from drover.talos.base import (
+    ClusterHealth,
+    EtcdMember,
+    MachineStatus,
+    SnapshotInfo,
+    TalosAPI,
+    register,
+)
 from drover.talos.talosctl_cli import (  # noqa: F401 (re-exported: the backend's vocabulary)
     _QUORUM,
     _TLS,
@@ -56,6 +63,8 @@ from drover.talos.talosctl_cli import (  # noqa: F401 (re-exported: the backend'
     normalize_member_id,
     parse_etcd_members,
     parse_json_stream,
+    parse_service_state,
+    parse_snapshot_info,
     private_file,
     scrub,
     server_version,
@@ -362,6 +371,32 @@ class Talosctl(TalosAPI):
         for label in wipe:
             flags += ["--system-labels-to-wipe", label]
         self._retrying(self._run, node, ["reset"], flags, timeout=self.timeouts.reset)
+
+    # ---- etcd disaster recovery -------------------------------------------------------------
+    def etcd_snapshot(self, node: Node, path: Path) -> SnapshotInfo:
+        """`etcd snapshot <path>` through `node`; the caller picks the folder (0700) and mode."""
+        path = Path(path)
+        out = self._retrying(self._run, node, ["etcd", "snapshot", str(path)],
+                             timeout=self.timeouts.snapshot)
+        size = path.stat().st_size if path.exists() else 0
+        if size == 0:
+            raise TalosError(f"{node.name}: talosctl etcd snapshot left no data in {path}")
+        info = parse_snapshot_info(out, size)
+        log.info("%s: etcd snapshot saved to %s (%s)", node.name, path, info.describe())
+        return info
+
+    def etcd_state(self, node: Node) -> str:
+        """A probe, not retried (the poll that calls it is the retry)."""
+        return parse_service_state(self._run(node, ["service", "etcd"]))
+
+    def reset_etcd(self, node: Node) -> None:
+        self.reset(node, graceful=False, reboot=True, wipe=["EPHEMERAL"])
+        log.info("%s: EPHEMERAL wiped (etcd data gone); rebooting", node.name)
+
+    def recover_etcd(self, node: Node, snapshot: Path) -> None:
+        self._retrying(self._run, node, ["bootstrap"], [f"--recover-from={snapshot}"],
+                       timeout=self.timeouts.change)
+        log.info("%s: etcd bootstrapped from the snapshot %s", node.name, snapshot)
 
     def kubeconfig(self, path: Path | str) -> Path:
         """Write the cluster's admin kubeconfig to `path` (replacing it, never merging), 0600."""

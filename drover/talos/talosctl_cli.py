@@ -27,7 +27,7 @@ from drover.errors import (
     TransientError,
 )
 from drover.spec import ClusterSpec
-from drover.talos.base import MachineStatus
+from drover.talos.base import MachineStatus, SnapshotInfo
 
 log = logging.getLogger("drover.talos.talosctl")
 
@@ -58,6 +58,7 @@ class Timeouts:
     reboot: float = 900.0
     upgrade_kubernetes: float = 1800.0
     reset: float = 600.0
+    snapshot: float = 600.0            # etcd snapshot: the whole database over the API
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,27 @@ def normalize_member_id(member_id: str) -> str:
         return f"{int(member_id, 16):016x}"
     except ValueError:
         raise TalosError(f"{member_id!r} is not an etcd member ID") from None
+
+
+_SNAPSHOT_INFO = re.compile(r"hash\s+(\w+),\s*revision\s+(\d+),\s*total keys\s+(\d+)")
+
+
+def parse_snapshot_info(text: str, size: int) -> SnapshotInfo:
+    """What `etcd snapshot` printed: `snapshot info: hash c25fd181, revision 4193, total keys
+    1287, total size 3035136` (older talosctl print less: then only the file's size is known)."""
+    match = _SNAPSHOT_INFO.search(text)
+    if match is None:
+        return SnapshotInfo(size)
+    return SnapshotInfo(size, match[1], int(match[2]), int(match[3]))
+
+
+def parse_service_state(text: str) -> str:
+    """The STATE of `talosctl service <id>` (NODE/ID/STATE/HEALTH/EVENTS lines)."""
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "STATE" and value.strip():
+            return value.strip()
+    raise TalosError("talosctl service printed no STATE line")
 
 
 def server_version(text: str) -> str | None:
