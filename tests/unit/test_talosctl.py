@@ -31,10 +31,11 @@ from drover.errors import (
     RetriesExhausted,
     StageTimeout,
     TalosError,
+    TransientError,
 )
 from drover.home import cluster_dir
 from drover.lab.clock import ManualClock
-from drover.machineconfig.secrets import load_or_create_secrets
+from drover.machineconfig.secrets import ensure_secrets
 from drover.providers.base import Node
 from drover.spec import parse_spec
 from drover.talos import open_talos
@@ -159,6 +160,10 @@ def exercise_every_call(talos: Talosctl, fake: Fake, tmp_path: Path) -> None:
     talos.reset(W1, graceful=False, reboot=True, wipe=["EPHEMERAL"])
     talos.kubeconfig(tmp_path / "kubeconfig")
     talos.discovered_members()
+    talos.etcd_snapshot(CP1, tmp_path / "db.snapshot")
+    talos.etcd_state(CP2)
+    talos.reset_etcd(CP2)
+    talos.recover_etcd(CP2, tmp_path / "db.snapshot")
     fake.answer({"version": "version-v1.7.6.txt", **HEALTHY_ETCD})
     talos.upgrade(CP2, IMAGE)
 
@@ -547,6 +552,75 @@ def test_kubeconfig_reset_and_etcd_leave_pass_their_flags(talos, fake, tmp_path)
     assert leave["argv"][:2] == ["etcd", "leave"] and "10.5.0.3" in leave["argv"]
 
 
+# ---- etcd disaster recovery -----------------------------------------------------------------
+
+def test_etcd_snapshot_writes_the_file_through_the_node_and_reads_its_info(talos, fake,
+                                                                          tmp_path):
+    target = tmp_path / "db.snapshot"
+
+    info = talos.etcd_snapshot(CP2, target)
+
+    assert fake.commands() == [["etcd", "snapshot", str(target)]]
+    assert fake.calls()[0]["argv"][-3:] == ["10.5.0.3", "--endpoints", "10.5.0.3"]
+    assert target.read_bytes().startswith(b"fake etcd snapshot")
+    assert (info.hash, info.revision, info.total_keys) == ("c25fd181", 4193, 1287)
+    assert info.size == target.stat().st_size
+
+
+def test_etcd_snapshot_that_wrote_nothing_is_an_error(talos, fake, tmp_path):
+    fake.answer({"etcd-snapshot": "fail:err-no-leader.txt"})
+
+    with pytest.raises(TalosError, match="no leader"):
+        talos.etcd_snapshot(CP1, tmp_path / "db.snapshot")
+    assert not (tmp_path / "db.snapshot").exists()
+
+
+@pytest.mark.parametrize("answer, state", [
+    ("service.txt", "Running"),
+    ("service-preparing.txt", "Preparing"),
+])
+def test_etcd_state_is_the_state_line_of_service_etcd(talos, fake, answer, state):
+    fake.answer({"service": answer})
+
+    assert talos.etcd_state(CP3) == state
+    assert fake.commands() == [["service", "etcd"]]
+
+
+def test_etcd_state_of_an_unreachable_node_is_not_retried(talos, fake):
+    fake.answer({"service": "fail:err-unavailable.txt"})
+
+    with pytest.raises(TransientError):
+        talos.etcd_state(CP3)
+    assert len(fake.calls()) == 1
+
+
+def test_reset_etcd_wipes_only_ephemeral_without_leaving_and_reboots(talos, fake):
+    talos.reset_etcd(CP2)
+
+    assert fake.commands() == [["reset", "--graceful=false", "--reboot=true", "--wait=false",
+                                "--system-labels-to-wipe", "EPHEMERAL"]]
+
+
+def test_recover_etcd_bootstraps_from_the_snapshot_file(talos, fake, tmp_path):
+    snapshot = tmp_path / "db.snapshot"
+    snapshot.write_bytes(b"bbolt")
+    snapshot.chmod(0o600)
+
+    talos.recover_etcd(CP1, snapshot)
+
+    call = fake.calls()[0]
+    assert fake.commands() == [["bootstrap", f"--recover-from={snapshot}"]]
+    assert (call["recover_from_mode"], call["recover_from_size"]) == ("0o600", 5)
+
+
+def test_recover_etcd_onto_a_node_holding_etcd_data_raises_already_bootstrapped(talos, fake,
+                                                                               tmp_path):
+    fake.answer({"bootstrap": "fail:err-already-exists.txt"})
+
+    with pytest.raises(AlreadyBootstrapped):
+        talos.recover_etcd(CP1, tmp_path / "db.snapshot")
+
+
 def test_a_refusal_is_a_talos_error_with_its_stderr_scrubbed_and_not_retried(talos, fake):
     fake.answer({"reset": "fail:err-secret-echoed.txt"})
 
@@ -584,7 +658,7 @@ def test_stderr_is_classified(stderr, kind):
 
 def test_talosconfig_is_issued_from_the_secrets_bundle_when_missing(talos, fake):
     talos.talosconfig.unlink()
-    load_or_create_secrets(talos.talosconfig.parent)
+    ensure_secrets(talos.talosconfig.parent, nodes_exist=False)
 
     talos.version(CP1)
 
