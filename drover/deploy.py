@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from drover import retry
+from drover import ledger, retry
 from drover.errors import AlreadyBootstrapped, NodeFailed, QuorumError, StageTimeout, TalosError
 from drover.home import cluster_dir, remember_spec
 from drover.kube import KubeAPI, LabKube, open_kube
@@ -80,9 +80,15 @@ def resolve_image(infra: Infra) -> str:
     return infra.provider.prepare_image(installer_image(infra.spec))
 
 
-def provision_node(infra: Infra, node: NodeSpec, image: str) -> float:
-    """Create the node (or find it) and wait until its Talos API answers; return seconds."""
+def provision_node(infra: Infra, node: NodeSpec, image: str, run_id: str | None = None) -> float:
+    """Create the node (or find it) and wait until its Talos API answers; return seconds.
+
+    With `run_id`, the creation is recorded first (drover/ledger.py), so the clean-up of a
+    failed run deletes what this run created and nothing else.
+    """
     started = infra.clock.now()
+    if run_id is not None:
+        ledger.record_created(infra.spec.name, node.name, run_id)
     created = infra.provider.create_node(node, image)
     timeout = infra.spec.spec.deployment.timeouts.provision_seconds
 
@@ -188,7 +194,8 @@ def wait_healthy(infra: Infra, on_progress: Callable[[Readiness], None] = lambda
         for name in state.ready:
             ready_after.setdefault(name, infra.clock.now() - started)
         if state.health.quorum_lost:
-            raise QuorumError(f"{infra.spec.name}: etcd lost quorum; the cluster needs recovery")
+            raise QuorumError(f"{infra.spec.name}: etcd lost quorum; restore it from the "
+                              f"latest snapshot: drover recover {infra.spec.name}")
         if not last or (last[-1].ready, last[-1].health) != (state.ready, state.health):
             on_progress(state)
         last[:] = [state]
@@ -222,11 +229,22 @@ def write_client_configs(infra: Infra) -> list[str]:
 
 
 def destroy(infra: Infra, names: list[str] | None = None) -> list[str]:
-    """Delete the named nodes (default: every node of the cluster); returns what was deleted."""
-    targets = names if names is not None else [n.name for n in infra.provider.list_nodes()]
-    for name in targets:
+    """Delete the named nodes (default: every node of the cluster, workers first, so etcd
+    keeps its members as long as it can); returns what was deleted."""
+    everything = names is None
+    if names is None:
+        names = [n.name for n in sorted(infra.provider.list_nodes(),
+                                        key=lambda n: n.role == "controlplane")]
+    for name in names:
         infra.provider.delete_node(name)
-    return targets
+    # a whole cluster gone: also forget creations a killed run recorded but never made
+    ledger.forget(infra.spec.name, None if everything else names)
+    return names
+
+
+def clean_up_failed(infra: Infra, run_id: str) -> list[str]:
+    """After a failed fresh deploy: delete the nodes run `run_id` created, never another's."""
+    return destroy(infra, ledger.created_by(infra.spec.name, run_id))
 
 
 def converge(infra: Infra) -> Readiness:

@@ -12,6 +12,7 @@
     │   ├── NotInMaintenance            an insecure apply to a node past maintenance mode
     │   └── AlreadyBootstrapped         etcd was bootstrapped before (Talos: AlreadyExists)
     ├── QuorumError                     an operation would lose (or has lost) etcd quorum
+    ├── DowngradeRefused (ValueError)   a target version below what the cluster runs
     ├── StageTimeout (TimeoutError)     a wait ran out; names the node and the stage
     ├── NodeFailed                      a node died; no wait brings it back
     ├── UpgradeFailed                   a node came back on its old version (rolled back)
@@ -79,6 +80,10 @@ class AlreadyBootstrapped(TalosError):
 
 class QuorumError(DroverError):
     """An operation would lose etcd quorum, or the cluster already lost it."""
+
+
+class DowngradeRefused(DroverError, ValueError):
+    """A version lower than what the cluster runs, without an explicit allow."""
 
 
 class StageTimeout(DroverError, TimeoutError):

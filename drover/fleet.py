@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from drover import yamlsafe
 from drover.errors import SpecError
 from drover.spec import DNS_LABEL, PATTERN_HINTS, VERSION, Metadata, Model
 from drover.validation import describe_errors
@@ -65,12 +65,7 @@ def site_limit(site: str) -> str:
 
 def load_fleet(path: str | Path) -> FleetSpec:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), [f"not valid YAML: {exc}"]) from None
+    data = yamlsafe.load_file(path)  # SpecError naming the file; never quotes its lines
     try:
         return FleetSpec.model_validate(data)
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from drover.errors import NodeNotFound, QuorumError
+from drover.errors import DowngradeRefused, NodeNotFound, QuorumError
 from drover.spec import ClusterSpec, NodeSpec, split_node_name
 
 
@@ -117,6 +117,32 @@ class UpgradePlan:
             lines.append(f"{cluster}: upgrade Kubernetes to {self.kubernetes_version}")
         return lines or [f"{cluster}: nothing to do: every node runs Talos "
                          f"{self.talos_version} and the target Kubernetes"]
+
+
+def version_key(version: str | None) -> tuple[int, ...]:
+    """(major, minor, patch) of v1.13.9 or 1.36.3; () for a missing or unparsable one."""
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", version or "")
+    return tuple(int(part) for part in match.groups()) if match else ()
+
+
+def refuse_downgrade(cluster: str, observed: Observed, talos_version: str,
+                     kubernetes_version: str, allow: bool = False) -> None:
+    """DowngradeRefused when a target is below what a node runs now (unless `allow`):
+    Talos and Kubernetes support upgrades; a downgrade is a deliberate, rare act."""
+    if allow:
+        return
+    for what, target, running in (
+            ("Talos", talos_version, [(n.name, n.talos_version) for n in observed.nodes.values()]),
+            ("Kubernetes", kubernetes_version,
+             [(n.name, n.kubernetes_version) for n in observed.nodes.values()])):
+        above = sorted((name, version) for name, version in running
+                       if version_key(version) > version_key(target) and version_key(target))
+        if above:
+            name, version = above[0]
+            raise DowngradeRefused(
+                f"{cluster}: refusing to downgrade {what} to {target}: {name} runs {version} "
+                f"({len(above)} node(s) above the target); pass --allow-downgrade "
+                "(allow_downgrade=true) if this is really wanted")
 
 
 def plan_upgrade(observed: Observed, talos_version: str, kubernetes_version: str,

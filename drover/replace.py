@@ -32,10 +32,11 @@ def retire(infra: Infra, replacement: ReplacePlan) -> None:
         retry.call(retry.api_call(infra.clock), infra.talos.remove_member, old)
 
 
-def bring_up(infra: Infra, new: NodeSpec, control_plane: bool) -> float:
+def bring_up(infra: Infra, new: NodeSpec, control_plane: bool,
+             run_id: str | None = None) -> float:
     """Provision and configure the successor; wait until Ready (and etcd full for a CP)."""
     started = infra.clock.now()
-    provision_node(infra, new, resolve_image(infra))
+    provision_node(infra, new, resolve_image(infra), run_id)
     configure_node(infra, new)
     timeouts = infra.spec.spec.deployment.timeouts
     wait_back(infra, new.name, timeouts.health_seconds, "replace")

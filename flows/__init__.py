@@ -9,11 +9,12 @@ from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from drover.boundaries import cluster_name
 from drover.deploy import Infra
 from drover.errors import NodeNotFound
-from drover.home import remembered_spec
+from drover.home import drover_home, remembered_spec
 from drover.spec import ClusterSpec
-from drover.timing import RunTiming, StageTimer
+from drover.timing import History, RunTiming, StageTimer
 
 
 def gather(futures: dict[str, PrefectFuture[Any]]) -> dict[str, Any]:
@@ -47,8 +48,9 @@ def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]],
 
 
 def known_spec(cluster: str) -> ClusterSpec:
-    """The spec drover deployed `cluster` with, or a clear error naming the fix."""
-    spec = remembered_spec(cluster)
+    """The spec drover deployed `cluster` with, or a clear error naming the fix; the name is
+    checked first (a flow parameter, an event's payload: anything may arrive here)."""
+    spec = remembered_spec(cluster_name(cluster))
     if spec is None:
         raise NodeNotFound(f"{cluster}: drover knows no such cluster in $DROVER_HOME; deploy it "
                            "first (drover deploy CONFIG)")
@@ -56,7 +58,8 @@ def known_spec(cluster: str) -> ClusterSpec:
 
 
 def start_timer(spec: ClusterSpec, flow_name: str) -> StageTimer:
-    """A stage timer for this flow run, on the clock of the cluster's infrastructure."""
+    """A stage timer for this flow run, on the clock of the cluster's infrastructure; the run
+    is in the history from its start, so a run killed on the way still leaves a record."""
     provider = Infra.open(spec).provider
     scale, note = provider.timing_scale()
     settings = spec.spec.deployment
@@ -64,4 +67,5 @@ def start_timer(spec: ClusterSpec, flow_name: str) -> StageTimer:
                     target_seconds=settings.target_minutes * 60,
                     baseline_seconds=settings.baseline_minutes * 60, scale=scale,
                     clock_note=note)
+    History(drover_home() / "history.db").begin(run)
     return StageTimer(run, provider.clock)

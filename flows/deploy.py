@@ -1,12 +1,14 @@
 """deploy-cluster: image → provision (parallel) → config push (parallel) → bootstrap etcd
-(once) → health gate → timing report. Convergent: a re-run does only what is missing."""
+(once) → health gate → timing report. Convergent: a re-run does only what is missing.
+The whole run holds the cluster's lease; a failed fresh deploy removes only its own nodes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
+from drover.boundaries import flow_config_path
 from drover.plan import plan_deploy
 from drover.spec import load_spec
 from flows import run_parallel, start_timer
@@ -18,7 +20,8 @@ from tasks.configure import (
 )
 from tasks.health import wait_healthy
 from tasks.image import resolve_image
-from tasks.nodes import delete_nodes, observe_cluster
+from tasks.lease import hold_cluster
+from tasks.nodes import clean_up_failed, observe_cluster
 from tasks.provision import provision_node
 from tasks.report import publish_timing
 
@@ -26,56 +29,74 @@ from tasks.report import publish_timing
 @flow(name="deploy-cluster")
 def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None = None,
                    kubernetes_version: str | None = None, dry_run: bool = False,
-                   keep_on_failure: bool = False) -> dict[str, Any]:
+                   keep_on_failure: bool = False, if_busy: Literal["fail", "wait"] = "fail",
+                   wait_seconds: float = 600) -> dict[str, Any]:
     """Deploy (or finish deploying) the Talos cluster a config file declares.
 
     Args:
-        config: path of the cluster YAML, relative to the project (e.g. configs/lab.yaml)
+        config: path of the cluster YAML under configs/ (e.g. configs/lab.yaml)
         talos_version: override spec.talos.version (e.g. v1.13.9)
         kubernetes_version: override spec.kubernetes.version (e.g. 1.36.3)
         dry_run: print the plan and change nothing
         keep_on_failure: keep the nodes of a failed fresh deploy for debugging
+        if_busy: when another operation holds the cluster: fail at once, or wait
+        wait_seconds: how long to wait for the cluster when if_busy is wait
     """
     logger = get_run_logger()
-    spec = load_spec(config).with_overrides(talos_version, kubernetes_version)
-    plan = plan_deploy(spec, observe_cluster(spec))
-    for line in plan.describe(spec.name):
-        logger.info(line)
-    if dry_run or plan.empty:
-        if plan.empty and not dry_run:
-            wait_healthy(spec)
-        return {"cluster": spec.name, "changed": False, "dry_run": dry_run,
+    spec = load_spec(flow_config_path(config)).with_overrides(talos_version, kubernetes_version)
+    if dry_run:
+        plan = plan_deploy(spec, observe_cluster(spec))
+        for line in plan.describe(spec.name):
+            logger.info("dry run: %s", line)
+        return {"cluster": spec.name, "changed": False, "dry_run": True,
                 "plan": plan.describe(spec.name)}
 
-    settings = spec.spec.deployment
-    retrying = {"retries": settings.retries, "retry_delay_seconds": settings.retry_delay_seconds}
-    timer = start_timer(spec, "deploy")
-    run = timer.run
-    try:
-        prepare_cluster_dir(spec)
-        with timer.stage("image"):
-            image = resolve_image(spec)
-        with timer.stage("provision") as stage:
-            timer.nodes(stage, run_parallel(provision_node.with_options(**retrying), {
-                n.name: {"spec": spec, "node": n, "image": image} for n in plan.create},
-                settings.max_parallel))
-        with timer.stage("configure") as stage:
-            timer.nodes(stage, run_parallel(configure_node.with_options(**retrying), {
-                n.name: {"spec": spec, "node": n} for n in plan.configure},
-                settings.max_parallel))
-        with timer.stage("bootstrap"):
-            if plan.bootstrap:
-                bootstrap_etcd(spec)
-        with timer.stage("health") as stage:
-            timer.nodes(stage, wait_healthy(spec))
-        write_client_configs(spec)
-    except Exception:
-        publish_timing(timer.finish("failed"))
-        if plan.fresh and not (keep_on_failure or settings.keep_on_failure):
-            logger.error("%s: fresh deploy failed; removing the nodes it created", spec.name)
-            delete_nodes(spec)
-        raise
+    with hold_cluster(spec, "deploy", if_busy=if_busy, wait_seconds=wait_seconds) as held:
+        observed = observe_cluster(spec)
+        plan = plan_deploy(spec, observed)
+        for line in plan.describe(spec.name):
+            logger.info(line)
+        prepare_cluster_dir(spec, nodes_exist=not observed.empty)
+        if plan.empty:
+            # a run killed after bootstrap left the cluster up but no client configs
+            wait_healthy(spec)
+            write_client_configs(spec)
+            return {"cluster": spec.name, "changed": False, "dry_run": False,
+                    "plan": plan.describe(spec.name)}
+
+        settings = spec.spec.deployment
+        retrying = {"retries": settings.retries,
+                    "retry_delay_seconds": settings.retry_delay_seconds}
+        timer = start_timer(spec, "deploy")
+        run = timer.run
+        try:
+            with timer.stage("image"):
+                image = resolve_image(spec)
+            with timer.stage("provision") as stage:
+                held.check()
+                timer.nodes(stage, run_parallel(provision_node.with_options(**retrying), {
+                    n.name: {"spec": spec, "node": n, "image": image, "run_id": held.info.owner}
+                    for n in plan.create}, settings.max_parallel))
+            with timer.stage("configure") as stage:
+                held.check()
+                timer.nodes(stage, run_parallel(configure_node.with_options(**retrying), {
+                    n.name: {"spec": spec, "node": n} for n in plan.configure},
+                    settings.max_parallel))
+            with timer.stage("bootstrap"):
+                held.check()
+                if plan.bootstrap:
+                    bootstrap_etcd(spec)
+            with timer.stage("health") as stage:
+                timer.nodes(stage, wait_healthy(spec))
+            write_client_configs(spec)
+        except Exception:
+            publish_timing(timer.finish("failed"))
+            if plan.fresh and not (keep_on_failure or settings.keep_on_failure) \
+                    and not held.lost:
+                logger.error("%s: fresh deploy failed; removing the nodes it created",
+                             spec.name)
+                clean_up_failed(spec, held.info.owner)
+            raise
     verdict = publish_timing(timer.finish("completed"))
     return {"cluster": spec.name, "changed": True, "dry_run": False, "verdict": verdict,
             "timing": run.rows(), "critical_path": run.critical_path(), "note": run.clock_note}
-

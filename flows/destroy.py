@@ -1,38 +1,52 @@
-"""destroy-cluster: delete every node of a cluster and forget its secrets."""
+"""destroy-cluster: delete every node of a cluster (workers first) and forget its secrets.
+Holds the cluster's lease; an etcd snapshot is taken first, so a destroy killed half-way
+can be undone with `drover recover`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from drover.home import forget_cluster, remembered_spec
+from drover.boundaries import cluster_name
+from drover.home import forget_cluster, recall_spec
+from tasks.lease import hold_cluster
 from tasks.nodes import delete_nodes, observe_cluster
+from tasks.recover import snapshot_etcd
 
 
 @flow(name="destroy-cluster")
-def destroy_cluster(cluster: str, confirm: bool = False, dry_run: bool = False) -> dict[str, Any]:
+def destroy_cluster(cluster: str, confirm: bool = False, dry_run: bool = False,
+                    if_busy: Literal["fail", "wait"] = "fail",
+                    wait_seconds: float = 600) -> dict[str, Any]:
     """Delete every node of a cluster drover deployed, then its secrets and client configs.
 
     Args:
         cluster: the cluster's name (metadata.name in its config)
         confirm: must be true: this deletes every node and the cluster's secrets
         dry_run: list what would be deleted and change nothing
+        if_busy: when another operation holds the cluster: fail at once, or wait
+        wait_seconds: how long to wait for the cluster when if_busy is wait
     """
     logger = get_run_logger()
-    spec = remembered_spec(cluster)
+    recalled = recall_spec(cluster_name(cluster))
+    if recalled.warning:
+        logger.warning(recalled.warning)
+    spec = recalled.spec
     if spec is None:
         logger.info("%s: drover knows no such cluster; nothing to destroy", cluster)
         return {"cluster": cluster, "deleted": []}
-    names = sorted(observe_cluster(spec).nodes)
     if dry_run:
+        names = sorted(observe_cluster(spec).nodes)
         for name in names:
-            logger.info("%s: would delete %s", cluster, name)
+            logger.info("dry run: %s: would delete %s", cluster, name)
         return {"cluster": cluster, "deleted": [], "would_delete": names}
     if not confirm:
-        raise ValueError(f"{cluster}: destroying deletes {len(names)} node(s) and the cluster's "
+        raise ValueError(f"{cluster}: destroying deletes every node and the cluster's "
                          "secrets; pass confirm=true to go ahead")
-    deleted = delete_nodes(spec)
-    forget_cluster(cluster)
+    with hold_cluster(spec, "destroy", if_busy=if_busy, wait_seconds=wait_seconds):
+        snapshot_etcd(spec)
+        deleted = delete_nodes(spec)
+        forget_cluster(cluster)
     logger.info("%s: destroyed (%d nodes deleted)", cluster, len(deleted))
     return {"cluster": cluster, "deleted": deleted}

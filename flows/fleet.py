@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from drover.boundaries import flow_config_path
 from drover.errors import DroverError
 from drover.fleet import load_fleet
 from flows import run_parallel
@@ -27,7 +28,7 @@ def upgrade_fleet(fleet: str = "configs/fleet.yaml", talos_version: str | None =
         kubernetes_version: override the fleet's target Kubernetes version
         dry_run: each cluster's run only prints its plan
     """
-    spec = load_fleet(fleet)
+    spec = load_fleet(flow_config_path(fleet))
     body = spec.spec
     parameters = {key: value for key, value in {
         "talos_version": talos_version or body.talos_version,

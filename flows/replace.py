@@ -1,20 +1,25 @@
 """replace-node: retire the node (drain; remove its etcd member first for a control plane),
-bring up a successor with a fresh name, and delete the old VM only once it is Ready."""
+bring up a successor with a fresh name, and delete the old VM only once it is Ready.
+Holds the cluster's lease; an etcd snapshot is taken first."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
+from drover.boundaries import node_name
 from flows import known_spec, start_timer
+from tasks.lease import hold_cluster
 from tasks.nodes import bring_up_node, delete_nodes, observe_cluster, plan_replacement, retire_node
+from tasks.recover import snapshot_etcd
 from tasks.report import publish_timing
 
 
 @flow(name="replace-node")
-def replace_node(cluster: str, node: str, reason: str = "requested",
-                 dry_run: bool = False) -> dict[str, Any]:
+def replace_node(cluster: str, node: str, reason: str = "requested", dry_run: bool = False,
+                 if_busy: Literal["fail", "wait"] = "fail",
+                 wait_seconds: float = 600) -> dict[str, Any]:
     """Replace one node of a cluster with a fresh one (nodes are cattle).
 
     Args:
@@ -22,29 +27,43 @@ def replace_node(cluster: str, node: str, reason: str = "requested",
         node: the node to replace, e.g. lab-worker-2
         reason: why, for the record (a health check fills this in)
         dry_run: print the plan and change nothing
+        if_busy: when another operation holds the cluster: fail at once, or wait
+        wait_seconds: how long to wait for the cluster when if_busy is wait
     """
     logger = get_run_logger()
     spec = known_spec(cluster)
-    if node not in observe_cluster(spec).nodes:
-        logger.info("%s: %s is already gone (replaced before?); nothing to do", cluster, node)
-        return {"cluster": cluster, "replaced": None, "by": None}
-    plan = plan_replacement(spec, node)
-    logger.info("%s: replacing %s: %s", cluster, node, reason)
-    for line in plan.describe(cluster):
-        logger.info(line)
+    node = node_name(cluster, node)
     if dry_run:
+        if node not in observe_cluster(spec).nodes:
+            return {"cluster": cluster, "replaced": None, "by": None}
+        plan = plan_replacement(spec, node)
+        for line in plan.describe(cluster):
+            logger.info("dry run: %s", line)
         return {"cluster": cluster, "replaced": None, "plan": plan.describe(cluster)}
 
-    timer = start_timer(spec, "replace")
-    try:
-        with timer.stage("retire"):
-            retire_node(spec, plan)
-        with timer.stage("bring-up") as stage:
-            timer.nodes(stage, {plan.new.name: bring_up_node(spec, plan.new, plan.control_plane)})
-        with timer.stage("delete"):
-            delete_nodes(spec, [node])
-    except Exception:
-        publish_timing(timer.finish("failed"))
-        raise
+    with hold_cluster(spec, "replace", if_busy=if_busy, wait_seconds=wait_seconds) as held:
+        if node not in observe_cluster(spec).nodes:
+            logger.info("%s: %s is already gone (replaced before?); nothing to do", cluster,
+                        node)
+            return {"cluster": cluster, "replaced": None, "by": None}
+        plan = plan_replacement(spec, node)
+        logger.info("%s: replacing %s: %s", cluster, node, reason[:200])
+        for line in plan.describe(cluster):
+            logger.info(line)
+        snapshot_etcd(spec)
+        timer = start_timer(spec, "replace")
+        try:
+            with timer.stage("retire"):
+                retire_node(spec, plan)
+            with timer.stage("bring-up") as stage:
+                held.check()
+                timer.nodes(stage, {plan.new.name: bring_up_node(
+                    spec, plan.new, plan.control_plane, held.info.owner)})
+            with timer.stage("delete"):
+                held.check()
+                delete_nodes(spec, [node])
+        except Exception:
+            publish_timing(timer.finish("failed"))
+            raise
     verdict = publish_timing(timer.finish("completed"))
     return {"cluster": cluster, "replaced": node, "by": plan.new.name, "verdict": verdict}

@@ -1,29 +1,45 @@
 """upgrade-cluster: control planes one at a time, then workers in batches of
 max_unavailable (cordon → drain → upgrade → Ready → uncordon), then Kubernetes.
-A failed node stops the run; a re-run continues where it stopped."""
+Holds the cluster's lease; an etcd snapshot is taken first. A failed node stops the run;
+a re-run continues where it stopped. A lower version is refused unless allowed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from drover.errors import NodeFailed
-from drover.plan import plan_upgrade
+from drover.plan import UpgradePlan, plan_upgrade, refuse_downgrade
+from drover.spec import ClusterSpec
 from flows import known_spec, run_parallel, start_timer
 from tasks.configure import prepare_cluster_dir
 from tasks.image import resolve_image
+from tasks.lease import hold_cluster
 from tasks.nodes import observe_cluster
+from tasks.recover import snapshot_etcd
 from tasks.report import publish_timing
 from tasks.upgrade import uncordon_nodes, upgrade_kubernetes, upgrade_node
+
+
+def plan_for(spec: ClusterSpec, target: ClusterSpec, max_unavailable: int | None,
+             allow_downgrade: bool) -> UpgradePlan:
+    observed = observe_cluster(spec)
+    versions = target.spec
+    refuse_downgrade(spec.name, observed, versions.talos.version, versions.kubernetes.version,
+                     allow_downgrade)
+    return plan_upgrade(observed, versions.talos.version, versions.kubernetes.version,
+                        max_unavailable or spec.spec.upgrade.max_unavailable)
 
 
 @flow(name="upgrade-cluster")
 def upgrade_cluster(cluster: str, talos_version: str | None = None,
                     kubernetes_version: str | None = None, max_unavailable: int | None = None,
-                    dry_run: bool = False) -> dict[str, Any]:
+                    dry_run: bool = False, allow_downgrade: bool = False,
+                    if_busy: Literal["fail", "wait"] = "fail",
+                    wait_seconds: float = 600) -> dict[str, Any]:
     """Roll a cluster to a Talos and/or Kubernetes version without risking etcd quorum.
 
     Args:
@@ -32,49 +48,56 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
         kubernetes_version: target Kubernetes version, e.g. 1.37.0 (after Talos, like upgrade-k8s)
         max_unavailable: workers upgraded at once (default: spec.upgrade.maxUnavailable)
         dry_run: print the plan and change nothing
+        allow_downgrade: allow a target below what the nodes run
+        if_busy: when another operation holds the cluster: fail at once, or wait
+        wait_seconds: how long to wait for the cluster when if_busy is wait
     """
     logger = get_run_logger()
     spec = known_spec(cluster)
     target = spec.with_overrides(talos_version, kubernetes_version)
-    versions = target.spec
-    plan = plan_upgrade(observe_cluster(spec), versions.talos.version,
-                        versions.kubernetes.version,
-                        max_unavailable or spec.spec.upgrade.max_unavailable)
-    for line in plan.describe(cluster):
-        logger.info(line)
-    if plan.not_running and not plan.empty:
-        raise NodeFailed(f"{plan.not_running[0]}: upgrade pre-flight: not running "
-                         f"({', '.join(plan.not_running)}); replace or repair it first; "
-                         "nothing was touched")
-    if dry_run or plan.empty:
-        result = {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
-        if plan.empty:  # the message tells a fleet run this cluster was already current
-            return Completed(message=f"skipped: {plan.describe(cluster)[0]}", data=result)
-        return result
+    if dry_run:
+        plan = plan_for(spec, target, max_unavailable, allow_downgrade)
+        for line in plan.describe(cluster):
+            logger.info("dry run: %s", line)
+        return {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
 
-    timer = start_timer(spec, "upgrade")
-    done: list[str] = []
-    try:
-        uncordon_nodes(spec, plan.uncordon)
-        image = resolve_image(target)
-        for batch in plan.batches:
-            with timer.stage(f"upgrade {' '.join(batch)}") as stage:
-                timer.nodes(stage, run_parallel(upgrade_node, {name: {
-                    "spec": spec, "name": name, "image": image,
-                    "talos_version": versions.talos.version} for name in batch}, len(batch)))
-            done += batch
-        if plan.kubernetes_version:
-            with timer.stage("kubernetes"):
-                upgrade_kubernetes(spec, plan.kubernetes_version)
-    except Exception as exc:
-        untouched = [n for batch in plan.batches for n in batch if n not in done]
-        report = (f"# upgrade {cluster} stopped\n\n**{exc}**\n\n- upgraded: "
-                  f"{', '.join(done) or 'none'}\n- stopped at or not reached: "
-                  f"{', '.join(untouched)}\n\nRe-run to continue from here.\n")
-        create_markdown_artifact(report, key=f"upgrade-{cluster}-report")
-        publish_timing(timer.finish("failed"))
-        raise
-    prepare_cluster_dir(target)  # later deploys and replacements use the new versions
+    with hold_cluster(spec, "upgrade", if_busy=if_busy, wait_seconds=wait_seconds) as held:
+        plan = plan_for(spec, target, max_unavailable, allow_downgrade)
+        for line in plan.describe(cluster):
+            logger.info(line)
+        if plan.not_running and not plan.empty:
+            raise NodeFailed(f"{plan.not_running[0]}: upgrade pre-flight: not running "
+                             f"({', '.join(plan.not_running)}); replace or repair it first; "
+                             "nothing was touched")
+        if plan.empty:  # the message tells a fleet run this cluster was already current
+            return Completed(message=f"skipped: {plan.describe(cluster)[0]}", data={
+                "cluster": cluster, "changed": False, "plan": plan.describe(cluster)})
+
+        snapshot_etcd(spec)
+        timer = start_timer(spec, "upgrade")
+        done: list[str] = []
+        try:
+            uncordon_nodes(spec, plan.uncordon)
+            image = resolve_image(target)
+            for batch in plan.batches:
+                held.check()
+                with timer.stage(f"upgrade {' '.join(batch)}") as stage:
+                    timer.nodes(stage, run_parallel(upgrade_node, {name: {
+                        "spec": spec, "name": name, "image": image,
+                        "talos_version": plan.talos_version} for name in batch}, len(batch)))
+                done += batch
+            if plan.kubernetes_version:
+                with timer.stage("kubernetes"):
+                    upgrade_kubernetes(spec, plan.kubernetes_version)
+        except Exception as exc:
+            untouched = [n for batch in plan.batches for n in batch if n not in done]
+            report = (f"# upgrade {cluster} stopped\n\n**{exc}**\n\n- upgraded: "
+                      f"{', '.join(done) or 'none'}\n- stopped at or not reached: "
+                      f"{', '.join(untouched)}\n\nRe-run to continue from here.\n")
+            create_markdown_artifact(report, key=f"upgrade-{cluster}-report")
+            publish_timing(timer.finish("failed"))
+            raise
+        prepare_cluster_dir(target, nodes_exist=True)  # later runs use the new versions
     verdict = publish_timing(timer.finish("completed"))
     return {"cluster": cluster, "changed": True, "upgraded": done, "verdict": verdict,
             "timing": timer.run.rows()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from drover.errors import is_transient
+from tasks import secrets as _secrets  # noqa: F401  (registers the Prefect Secret block resolver)
 
 
 def only_transient(task: Any, task_run: Any, state: Any) -> bool:

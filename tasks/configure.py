@@ -11,9 +11,10 @@ from tasks import only_transient
 
 
 @task(name="prepare-cluster-dir", cache_policy=NONE)
-def prepare_cluster_dir(spec: ClusterSpec) -> None:
-    """Generate the cluster's secrets once (never logged; files mode 0600) and keep the spec."""
-    deploy.prepare_cluster_dir(spec)
+def prepare_cluster_dir(spec: ClusterSpec, nodes_exist: bool) -> None:
+    """Generate the cluster's secrets before its first node only (never logged; files 0600;
+    missing secrets of a cluster with nodes stop the run) and keep the spec."""
+    deploy.prepare_cluster_dir(spec, nodes_exist)
 
 
 @task(name="configure-node", task_run_name="configure-{node.name}", cache_policy=NONE,

@@ -1,8 +1,12 @@
 """hold_cluster: the flows' way to take a cluster's lease for one mutating operation, owned
-by the flow run. drover's own lease (drover/lease.py) is the authority in every mode; on a
-Prefect server (PREFECT_API_URL set) the run also holds a slot of the global concurrency
-limit `drover-cluster-<name>` (limit 1, created on first use), so the UI's Concurrency page
-shows who holds a cluster and runs on other hosts sharing the server are kept out too.
+by the flow run. drover's own lease (drover/lease.py) is the authority in every mode.
+
+With DROVER_PREFECT_CLUSTER_SLOT=1 and a Prefect server, the run also holds a slot of the
+global concurrency limit `drover-cluster-<name>` (limit 1, created on first use): the UI's
+Concurrency page shows who holds a cluster, and workers on other hosts that share the server
+but not $DROVER_HOME are kept out too. It is off by default because a killed holder keeps
+that slot until its Prefect lease runs out (SERVER_LEASE_SECONDS), where drover's own lease
+is taken over at once from a dead process on this host.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from drover.errors import ClusterBusy
 from drover.spec import ClusterSpec
 
 #: Prefect renews its slot leases in the background; its minimum lease is 60 s
-SERVER_LEASE_SECONDS = 300
+SERVER_LEASE_SECONDS = 60
+SLOT_SWITCH = "DROVER_PREFECT_CLUSTER_SLOT"
 
 
 def run_owner() -> str:
@@ -100,8 +105,9 @@ def hold_cluster(cluster: ClusterSpec | str, operation: str, *, if_busy: str = "
     """Hold `cluster` for `operation` (deploy, upgrade, replace, destroy) for this run.
 
     if_busy "fail" raises ClusterBusy naming the holder at once; "wait" waits up to
-    `wait_seconds`. `server_limit` (default: whether PREFECT_API_URL is set) adds the
-    Prefect concurrency slot. Check `lease.lost` (or call `lease.check()`) between steps.
+    `wait_seconds`. `server_limit` (default: $DROVER_PREFECT_CLUSTER_SLOT=1 with
+    PREFECT_API_URL set) adds the Prefect concurrency slot. Check `lease.lost` (or call
+    `lease.check()`) between steps.
     """
     name = cluster.name if isinstance(cluster, ClusterSpec) else cluster
     owner, logger = run_owner(), run_logger()
@@ -111,7 +117,8 @@ def hold_cluster(cluster: ClusterSpec | str, operation: str, *, if_busy: str = "
 
     held = lease.acquire(name, operation, owner, if_busy=if_busy,  # type: ignore[arg-type]
                          wait_seconds=wait_seconds, ttl=ttl, on_wait=say_waiting)
-    use_server = bool(PREFECT_API_URL.value()) if server_limit is None else server_limit
+    use_server = (os.environ.get(SLOT_SWITCH) == "1" and bool(PREFECT_API_URL.value())
+                  if server_limit is None else server_limit)
     with held, server_slot(name, owner, if_busy, wait_seconds) if use_server else nullcontext():
         logger.info("%s: %s holds the cluster (run %s)", name, operation, owner)
         yield held

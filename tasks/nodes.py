@@ -26,6 +26,15 @@ def delete_nodes(spec: ClusterSpec, names: list[str] | None = None) -> list[str]
     return deleted
 
 
+@task(name="clean-up-failed-deploy", cache_policy=NONE)
+def clean_up_failed(spec: ClusterSpec, run_id: str) -> list[str]:
+    """Delete the nodes this run created (and only those) after its fresh deploy failed."""
+    deleted = deploy.clean_up_failed(deploy.Infra.open(spec), run_id)
+    get_run_logger().info("%s: removed the %d node(s) this run created: %s", spec.name,
+                          len(deleted), ", ".join(deleted) or "none")
+    return deleted
+
+
 @task(name="plan-replacement", cache_policy=NONE)
 def plan_replacement(spec: ClusterSpec, node: str) -> ReplacePlan:
     """How to replace `node`; refuses (QuorumError) when etcd would lose quorum."""
@@ -41,7 +50,7 @@ def retire_node(spec: ClusterSpec, plan: ReplacePlan) -> None:
 
 @task(name="bring-up-node", task_run_name="bring-up-{node.name}", cache_policy=NONE,
       retries=2, retry_delay_seconds=5, retry_condition_fn=only_transient)
-def bring_up_node(spec: ClusterSpec, node: NodeSpec, control_plane: bool) -> float:
-    seconds = replace.bring_up(deploy.Infra.open(spec), node, control_plane)
+def bring_up_node(spec: ClusterSpec, node: NodeSpec, control_plane: bool, run_id: str) -> float:
+    seconds = replace.bring_up(deploy.Infra.open(spec), node, control_plane, run_id)
     get_run_logger().info("%s: Ready after %.1fs", node.name, seconds)
     return seconds

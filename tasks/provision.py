@@ -12,10 +12,11 @@ from tasks import only_transient
 
 @task(name="provision-node", task_run_name="provision-{node.name}", cache_policy=NONE,
       retries=3, retry_delay_seconds=5, retry_condition_fn=only_transient)
-def provision_node(spec: ClusterSpec, node: NodeSpec, image: str) -> float:
+def provision_node(spec: ClusterSpec, node: NodeSpec, image: str, run_id: str) -> float:
+    """Create the node (recorded as this run's creation) and wait for maintenance mode."""
     logger = get_run_logger()
     logger.info("%s: creating (%s, %d CPU, %d MiB)", node.name, node.role, node.size.cpus,
                 node.size.memory_mib)
-    seconds = deploy.provision_node(deploy.Infra.open(spec), node, image)
+    seconds = deploy.provision_node(deploy.Infra.open(spec), node, image, run_id)
     logger.info("%s: in maintenance mode after %.1fs", node.name, seconds)
     return seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ def prefect_harness() -> Iterator[None]:
 def drover_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "drover-home"
     monkeypatch.setenv("DROVER_HOME", str(home))
+    monkeypatch.setenv("DROVER_CONFIG_ROOT", str(tmp_path))  # flows read configs only there
     return home
 
 
@@ -35,7 +37,10 @@ def lab_config(tmp_path: Path, name: str = "t", control_planes: int = 3, workers
     body = data["spec"]
     body["controlPlane"]["count"] = control_planes
     body["workers"][0]["count"] = workers
-    body["patches"]["all"] = [str(REPO / "configs" / "patches" / "time.yaml")]
+    patches = tmp_path / "patches"
+    patches.mkdir(exist_ok=True)
+    shutil.copy(REPO / "configs" / "patches" / "time.yaml", patches / "time.yaml")
+    body["patches"]["all"] = ["patches/time.yaml"]  # confined to the config's folder
     body["provider"] = {"kind": "lab", "profile": "instant", "clock": "virtual", "seed": 7,
                         "faults": faults or [], **provider}
     body["deployment"] = {"retryDelaySeconds": 0,

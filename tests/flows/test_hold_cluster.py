@@ -18,7 +18,9 @@ def active_slots(cluster: str) -> int:
         return client.read_global_concurrency_limit_by_name(limit_name(cluster)).active_slots
 
 
-def test_flow_run_owns_the_lease_and_a_server_slot() -> None:
+def test_flow_run_owns_the_lease_and_a_server_slot_when_switched_on(monkeypatch) -> None:
+    monkeypatch.setenv("DROVER_PREFECT_CLUSTER_SLOT", "1")
+
     @flow
     def operate() -> tuple[str, str, int]:
         from prefect.runtime import flow_run
@@ -29,6 +31,13 @@ def test_flow_run_owns_the_lease_and_a_server_slot() -> None:
     assert owner == run_id and slots == 1
     assert active_slots("lab") == 0
     assert lease.holder("lab") is None
+
+
+def test_no_server_slot_by_default_so_a_killed_holder_never_wedges_the_cluster() -> None:
+    with hold_cluster("lab3", "deploy"):
+        with get_client(sync_client=True) as client:
+            names = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
+        assert limit_name("lab3") not in names
 
 
 def test_second_server_slot_holder_is_refused_at_once() -> None:
