@@ -301,13 +301,6 @@ def ensure_secrets(cluster_dir: Path, nodes_exist: bool) -> SecretsBundle:
     return create_secrets(folder)
 
 
-def load_or_create_secrets(cluster_dir: Path) -> SecretsBundle:
-    """Deprecated: `ensure_secrets(cluster_dir, nodes_exist=False)`, kept for the callers not
-    yet moved to load_secrets/ensure_secrets; it no longer regenerates the secrets of a
-    cluster its folder shows was deployed."""
-    return ensure_secrets(cluster_dir, nodes_exist=False)
-
-
 def _client_cert(ca: CertPair, key: PrivateKey, subject: x509.Name,
                  now: dt.datetime) -> CertPair:
     ca_cert, ca_key = load_certificate(ca.crt), load_private_key(ca.key)

@@ -29,7 +29,7 @@ from drover.errors import NodeNotFound, ProviderError, StageTimeout
 from drover.home import cluster_dir
 from drover.imagefactory import ImageFactory
 from drover.lab.clock import Clock, SystemClock
-from drover.machineconfig import load_or_create_secrets, render_node_yaml
+from drover.machineconfig import load_secrets, render_node_yaml
 from drover.provider_settings import LibvirtProvider as LibvirtSettings
 from drover.provider_settings import SshTarget
 from drover.providers.base import Node, Provider, register
@@ -189,7 +189,7 @@ class Libvirt(Provider):
 
     def _cidata(self, folder: Path, node: NodeSpec) -> Path:
         """A nocloud cidata disk: the node's machine config as user-data (file mode 0600)."""
-        secrets = load_or_create_secrets(cluster_dir(self.spec.name))
+        secrets = load_secrets(cluster_dir(self.spec.name))
         (folder / "user-data").write_text(render_node_yaml(self.spec, node, secrets))
         (folder / "user-data").chmod(0o600)
         (folder / "meta-data").write_text(f"local-hostname: {node.name}\n")

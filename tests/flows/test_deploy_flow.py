@@ -26,7 +26,7 @@ from prefect.settings import PREFECT_API_URL
 from drover import deploy
 from drover.errors import StageTimeout
 from drover.home import cluster_dir
-from drover.machineconfig import load_or_create_secrets, to_yaml
+from drover.machineconfig import load_secrets, to_yaml
 from drover.providers.lab import open_datacenter
 from drover.spec import load_spec
 from flows.deploy import deploy_cluster
@@ -155,7 +155,7 @@ def test_a_deploy_killed_midway_and_rerun_ends_with_exactly_the_declared_nodes(
 
 def _secret_values(name: str) -> list[str]:
     """Every secret in the cluster's bundle, base64 and decoded, long enough to be unique."""
-    bundle = load_or_create_secrets(cluster_dir(name))
+    bundle = load_secrets(cluster_dir(name))
     values = []
     for line in to_yaml(bundle).splitlines():
         value = line.partition(":")[2].strip().strip('"')

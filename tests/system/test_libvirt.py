@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from drover.home import cluster_dir
-from drover.machineconfig import load_or_create_secrets, render_node_yaml
+from drover.machineconfig import load_secrets, render_node_yaml
 from drover.spec import load_spec
 from tests.system.conftest import REPO, Server, wait_for
 from tests.system.sshd import Sshd, sshd  # noqa: F401 (fixture)
@@ -109,7 +109,7 @@ def test_vms_boot_with_their_own_config_are_adopted_on_rerun_and_destroyed_witho
         nodes = [n.name for n in spec.declared_nodes()]
         assert ours(name) == nodes
         uuids = {n: virsh("domuuid", n).strip() for n in nodes}
-        secrets = load_or_create_secrets(cluster_dir(name))
+        secrets = load_secrets(cluster_dir(name))
         for node in spec.declared_nodes():
             digest = hashlib.sha256(render_node_yaml(spec, node, secrets).encode()).hexdigest()
             console = storage / name / f"{node.name}.console.log"

@@ -101,7 +101,7 @@ def test_destroy_refuses_without_yes() -> None:
 
 
 def test_report_shows_every_run_and_percentiles_against_target_and_baseline(home: Path) -> None:
-    home.mkdir(parents=True)
+    home.mkdir(parents=True, mode=0o700)
     history = History(home / "history.db")
     for minutes in (7, 8, 9):
         run = RunTiming("lab", "deploy", 1_700_000_000.0, 1_700_000_000.0 + minutes * 60,

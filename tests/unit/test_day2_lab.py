@@ -313,6 +313,7 @@ def test_lab_file_without_the_day2_columns_is_migrated_and_keeps_its_nodes(make_
                     "('lab-worker-1', 'lab', 'worker', 'worker', 'running', 1.0, '10.5.0.10',"
                     " 'abc', ?, 1.0, 1.0)", (OLD,))
     con.close()
+    path.chmod(0o600)
 
     LabStore(path)
     LabStore(path)  # a second open finds every column and changes nothing

@@ -13,6 +13,7 @@ import pytest
 from drover import replace
 from drover.deploy import Infra, destroy, observe
 from drover.errors import QuorumError, StageTimeout, UpgradeFailed
+from drover.files import write_private
 from drover.home import cluster_dir
 from drover.kube import LabKube
 from drover.lab.clock import ManualClock
@@ -39,7 +40,7 @@ def secrets_yaml() -> str:
 
 def lab_infra(spec: ClusterSpec, dc: Datacenter, talos: LabTalos | None = None) -> Infra:
     """Provider, Talos API and Kubernetes all on one lab; the cluster's secrets on disk."""
-    (cluster_dir(spec.name) / "secrets.yaml").write_text(secrets_yaml())
+    write_private(cluster_dir(spec.name) / "secrets.yaml", secrets_yaml())
     return Infra(spec, LabProvider(spec, dc), talos or LabTalos(spec, dc), LabKube(spec, dc))
 
 

@@ -23,6 +23,7 @@ from drover.deploy import (
     wait_healthy,
 )
 from drover.errors import NodeFailed, StageTimeout, TalosError
+from drover.files import write_private
 from drover.home import cluster_dir, remembered_spec
 from drover.lab.datacenter import Datacenter
 from drover.machineconfig import SecretsBundle, generate_secrets, to_yaml
@@ -42,7 +43,7 @@ def bundle() -> SecretsBundle:
 def infra_for(lab, bundle):
     """infra_for(spec): provider and Talos API sharing one lab, secrets already on disk."""
     def build(spec: ClusterSpec) -> Infra:
-        (cluster_dir(spec.name) / "secrets.yaml").write_text(to_yaml(bundle))
+        write_private(cluster_dir(spec.name) / "secrets.yaml", to_yaml(bundle))
         dc = lab(spec)
         return Infra.on_lab(spec, dc)
     return build
@@ -290,12 +291,13 @@ def test_observe_reflects_the_lab_and_feeds_the_plan(infra):
     assert plan_deploy(infra.spec, done).empty
 
 
-def test_destroy_removes_every_node_and_the_cluster_is_forgotten(infra):
+def test_destroy_removes_every_node_workers_first_and_the_cluster_is_forgotten(infra):
     deploy(infra)
 
     removed = destroy(infra)
 
-    assert removed == ["lab-cp-1", "lab-cp-2", "lab-cp-3", "lab-worker-1", "lab-worker-2"]
+    # workers first: etcd keeps its members while anything still runs on the cluster
+    assert removed == ["lab-worker-1", "lab-worker-2", "lab-cp-1", "lab-cp-2", "lab-cp-3"]
     assert infra.provider.list_nodes() == []
     assert lab_of(infra).status().bootstraps == 0
     assert observe(infra).empty

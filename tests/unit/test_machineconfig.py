@@ -18,14 +18,15 @@ from cryptography.x509.oid import NameOID
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from drover.errors import SecretsMissing, StateError
 from drover.machineconfig import (
     SecretsBundle,
     apply_patches,
+    create_secrets,
+    ensure_secrets,
     from_yaml,
     generate_secrets,
     installer_image,
-    create_secrets,
-    ensure_secrets,
     load_certificate,
     load_private_key,
     load_secrets,
@@ -39,7 +40,6 @@ from drover.machineconfig import (
     write_rendered,
     write_talosconfig,
 )
-from drover.errors import SecretsMissing, StateError
 from drover.spec import ClusterSpec, NodeSpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
