@@ -7,7 +7,6 @@ server. Flows are imported inside the commands, so `drover schema` and
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -16,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from drover.cli_common import Wait, busy, checked_name, err, fail, out, run_flow
+from drover.cli_state import recover, secrets_app
 from drover.errors import DroverError, SpecError
 from drover.home import drover_home, remembered_spec
 from drover.spec import json_schema, load_spec
@@ -28,25 +28,8 @@ app = typer.Typer(help="Deploy, upgrade, heal and replace Talos Kubernetes clust
                   no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # error lines stay whole, for grep and CI logs
-
-
-def _prefect_env() -> None:
-    # Before Prefect is imported: the server's telemetry only adds SQLite lock noise here.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def _fail(exc: Exception, code: int = 1) -> typer.Exit:
-    if isinstance(exc, SpecError):
-        err.print(f"[red]error:[/red] {exc.source}: {len(exc.issues)} problem(s):", highlight=False)
-        for issue in exc.issues:
-            err.print(f"  {exc.source}: {issue}", highlight=False, markup=False)
-        return typer.Exit(2)
-    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=False)
-    return typer.Exit(code)
-
-
+app.add_typer(secrets_app, name="secrets")
+app.command()(recover)
 def _timing_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"deploy {result['cluster']}", title_justify="left")
     for column in ("stage", "duration", "nodes", "slowest node"):
@@ -57,38 +40,30 @@ def _timing_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _run(flow_module: str, flow_name: str, **parameters: Any) -> Any:
-    """Run one of drover's flows in this process; drover's own errors end the command."""
-    _prefect_env()
-    flow = getattr(importlib.import_module(flow_module), flow_name)
-    try:
-        return flow(**parameters)
-    except (DroverError, ValueError) as exc:
-        raise _fail(exc) from None
-
-
 def _print_plan(result: dict[str, Any]) -> None:
     for line in result.get("plan", []):
         out.print(line, highlight=False)
 
 
 Version = Annotated[str | None, typer.Option(help="override the version in the config")]
-
-
 @app.command()
 def deploy(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. configs/lab.yaml")],
            dry_run: Annotated[bool, typer.Option(help="print the plan, change nothing")] = False,
            talos_version: Version = None, kubernetes_version: Version = None,
            keep_on_failure: Annotated[bool, typer.Option(
-               help="keep the nodes if a fresh deploy fails")] = False) -> None:
+               help="keep the nodes if a fresh deploy fails")] = False,
+           wait: Wait = None) -> None:
     """Deploy the cluster CONFIG declares, or finish a deploy that stopped part-way."""
     try:
         load_spec(config)  # every config error before Prefect starts
     except SpecError as exc:
-        raise _fail(exc) from None
-    result = _run("flows.deploy", "deploy_cluster", config=str(config),
+        raise fail(exc) from None
+    # The flow reads configs only from its config root (a UI form may not name /etc/shadow);
+    # from a terminal that root is the folder of the file the operator named.
+    os.environ.setdefault("DROVER_CONFIG_ROOT", str(config.resolve().parent))
+    result = run_flow("flows.deploy", "deploy_cluster", config=str(config.resolve()),
                   talos_version=talos_version, kubernetes_version=kubernetes_version,
-                  dry_run=dry_run, keep_on_failure=keep_on_failure)
+                  dry_run=dry_run, keep_on_failure=keep_on_failure, **busy(wait))
     if not result["changed"]:
         for line in result["plan"]:
             out.print(line, highlight=False)
@@ -101,7 +76,7 @@ def deploy(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. confi
 
 
 def _status(cluster: str) -> list[dict[str, Any]]:
-    spec = remembered_spec(cluster)
+    spec = remembered_spec(checked_name(cluster))
     if spec is None:
         return []
     from drover.deploy import Infra, observe
@@ -133,13 +108,14 @@ def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
 
 @app.command()
 def destroy(cluster: str, yes: Annotated[bool, typer.Option("--yes", help="confirm")] = False,
-            dry_run: Annotated[bool, typer.Option()] = False) -> None:
+            dry_run: Annotated[bool, typer.Option()] = False, wait: Wait = None) -> None:
     """Delete every node of CLUSTER and forget its secrets."""
+    cluster = checked_name(cluster)
     if not yes and not dry_run:
         err.print(f"refusing to destroy {cluster} without --yes")
         raise typer.Exit(2)
-    result = _run("flows.destroy", "destroy_cluster", cluster=cluster, confirm=yes,
-                  dry_run=dry_run)
+    result = run_flow("flows.destroy", "destroy_cluster", cluster=cluster, confirm=yes,
+                  dry_run=dry_run, **busy(wait))
     if dry_run:
         out.print(f"{cluster}: would delete {', '.join(result['would_delete']) or 'nothing'}")
     else:
@@ -150,11 +126,15 @@ def destroy(cluster: str, yes: Annotated[bool, typer.Option("--yes", help="confi
 def upgrade(cluster: str, talos_version: Version = None, kubernetes_version: Version = None,
             max_unavailable: Annotated[int | None, typer.Option(
                 help="workers upgraded at once")] = None,
-            dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False) -> None:
+            dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False,
+            allow_downgrade: Annotated[bool, typer.Option(
+                help="allow a version below what the nodes run")] = False,
+            wait: Wait = None) -> None:
     """Roll CLUSTER to a Talos and/or Kubernetes version, never risking etcd quorum."""
-    result = _run("flows.upgrade", "upgrade_cluster", cluster=cluster,
+    result = run_flow("flows.upgrade", "upgrade_cluster", cluster=checked_name(cluster),
                   talos_version=talos_version, kubernetes_version=kubernetes_version,
-                  max_unavailable=max_unavailable, dry_run=dry_run)
+                  max_unavailable=max_unavailable, dry_run=dry_run,
+                  allow_downgrade=allow_downgrade, **busy(wait))
     _print_plan(result)
     if result["changed"]:
         out.print(f"{cluster}: upgraded {', '.join(result['upgraded']) or 'no node'}; "
@@ -164,10 +144,11 @@ def upgrade(cluster: str, talos_version: Version = None, kubernetes_version: Ver
 @app.command()
 def replace(cluster: str, node: str,
             reason: Annotated[str, typer.Option(help="why, for the record")] = "requested",
-            dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False) -> None:
+            dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False,
+            wait: Wait = None) -> None:
     """Replace NODE of CLUSTER with a fresh node (for a control plane, etcd-safely)."""
-    result = _run("flows.replace", "replace_node", cluster=cluster, node=node, reason=reason,
-                  dry_run=dry_run)
+    result = run_flow("flows.replace", "replace_node", cluster=checked_name(cluster), node=node,
+                  reason=reason, dry_run=dry_run, **busy(wait))
     _print_plan(result)
     if result.get("by"):
         out.print(f"{cluster}: {node} replaced by {result['by']}; {result['verdict']}",
@@ -182,7 +163,7 @@ def health(cluster: str,
                help="seconds a node may fail before replacement is requested")] = None,
            max_unhealthy_percent: Annotated[int | None, typer.Option()] = None) -> None:
     """Check CLUSTER; request replacement of nodes failing too long (a Prefect event)."""
-    result = _run("flows.health", "check_health", cluster=cluster,
+    result = run_flow("flows.health", "check_health", cluster=checked_name(cluster),
                   unhealthy_after_seconds=unhealthy_after,
                   max_unhealthy_percent=max_unhealthy_percent)
     if not result["unhealthy"]:
@@ -200,7 +181,10 @@ def health(cluster: str,
 def report(cluster: str, flow: Annotated[str, typer.Option(help="deploy, upgrade, ...")] = "deploy"
            ) -> None:
     """The timing history of CLUSTER: every run, and p50/p95 against target and baseline."""
-    runs = History(drover_home() / "history.db").runs(cluster, flow)
+    try:
+        runs = History(drover_home() / "history.db").runs(checked_name(cluster), flow)
+    except DroverError as exc:
+        raise fail(exc) from None
     if not runs:
         out.print(f"{cluster}: no {flow} runs recorded")
         return
@@ -231,7 +215,7 @@ def config_render(config: Path, out_dir: Annotated[Path, typer.Option("--out")])
     try:
         spec = load_spec(config)
     except SpecError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     # before the first deploy this makes the secrets the deploy then uses; after it, loads them
     paths = write_rendered(spec, ensure_secrets(cluster_dir(spec.name), False), out_dir)
     for path in paths:
