@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SYSTEM_PACKAGES := openssh-server openssh-client qemu-system-x86 qemu-utils busybox-static \
 	cpio genisoimage libvirt-daemon-system libvirt-clients
 
-.PHONY: install deploy test system-deps
+.PHONY: install deploy test system-deps soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ system-deps:
 test: install system-deps
 	$(VENV)/bin/ruff check drover flows tasks tests bench
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest
+
+# The chaos soak: a thousand seeded fault schedules on the lab (CI runs a few dozen in make test).
+soak: install
+	$(VENV)/bin/python -m tests.chaos.soak --schedules $(or $(SCHEDULES),1000)

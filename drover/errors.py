@@ -13,6 +13,7 @@
     │   └── AlreadyBootstrapped         etcd was bootstrapped before (Talos: AlreadyExists)
     ├── QuorumError                     an operation would lose (or has lost) etcd quorum
     ├── DowngradeRefused (ValueError)   a target version below what the cluster runs
+    ├── ReplacementUnfinished           another node's replacement stopped part-way
     ├── StageTimeout (TimeoutError)     a wait ran out; names the node and the stage
     ├── NodeFailed                      a node died; no wait brings it back
     ├── UpgradeFailed                   a node came back on its old version (rolled back)
@@ -84,6 +85,10 @@ class QuorumError(DroverError):
 
 class DowngradeRefused(DroverError, ValueError):
     """A version lower than what the cluster runs, without an explicit allow."""
+
+
+class ReplacementUnfinished(DroverError):
+    """A replacement stopped part-way (a killed run); it must be finished before another."""
 
 
 class StageTimeout(DroverError, TimeoutError):

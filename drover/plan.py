@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from drover.errors import DowngradeRefused, NodeNotFound, QuorumError
+from drover.errors import DowngradeRefused, NodeNotFound, QuorumError, ReplacementUnfinished
 from drover.spec import ClusterSpec, NodeSpec, split_node_name
 
 
@@ -182,6 +182,18 @@ class ReplacePlan:
         return lines
 
 
+def unfinished_replacements(spec: ClusterSpec, observed: Observed,
+                            members: dict[str, bool]) -> list[str]:
+    """Nodes whose replacement stopped part-way: in a pool holding more nodes than declared,
+    retired already (cordoned, or a running control plane no longer an etcd member)."""
+    counts = {p.name: p.count for p in spec.pools()}
+    over = {pool for pool, count in counts.items()
+            if sum(1 for n in observed.nodes.values() if n.pool == pool) > count}
+    return sorted(n.name for n in observed.nodes.values() if n.pool in over and (
+        n.cordoned or (n.role == "controlplane" and members and n.stage == "running"
+                       and n.name not in members)))
+
+
 def plan_replacement(spec: ClusterSpec, observed: Observed, members: dict[str, bool],
                      node: str) -> ReplacePlan:
     """How to replace `node`, or QuorumError when removing its etcd member would lose quorum.
@@ -190,6 +202,12 @@ def plan_replacement(spec: ClusterSpec, observed: Observed, members: dict[str, b
     """
     if node not in observed.nodes:
         raise NodeNotFound(f"{node}: no such node in cluster {spec.name!r}")
+    unfinished = unfinished_replacements(spec, observed, members)
+    if unfinished and node not in unfinished:
+        raise ReplacementUnfinished(
+            f"{node}: refusing: the replacement of {unfinished[0]} stopped part-way (it is "
+            "drained or out of etcd, and its pool holds a node more than declared); finish it "
+            f"first: drover replace {spec.name} {unfinished[0]}")
     old = observed.nodes[node]
     control_plane = old.role == "controlplane"
     if control_plane and node in members:
@@ -199,8 +217,8 @@ def plan_replacement(spec: ClusterSpec, observed: Observed, members: dict[str, b
         if not remaining:
             raise QuorumError(
                 f"{node}: refusing to replace the only control plane: its etcd member holds "
-                "the cluster's state; restore etcd from a snapshot (talosctl bootstrap "
-                "--recover-from) or destroy and redeploy")
+                "the cluster's state; if it is lost, restore etcd from the latest snapshot "
+                f"(drover recover {spec.name}), or destroy and redeploy")
         if healthy < needed:
             raise QuorumError(
                 f"{node}: refusing to replace: removing its etcd member leaves "
