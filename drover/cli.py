@@ -108,14 +108,20 @@ def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
 
 @app.command()
 def destroy(cluster: str, yes: Annotated[bool, typer.Option("--yes", help="confirm")] = False,
-            dry_run: Annotated[bool, typer.Option()] = False, wait: Wait = None) -> None:
+            dry_run: Annotated[bool, typer.Option()] = False, wait: Wait = None,
+            config: Annotated[Path | None, typer.Option(
+                help="the cluster's YAML, if drover's remembered copy is damaged")] = None
+            ) -> None:
     """Delete every node of CLUSTER and forget its secrets."""
     cluster = checked_name(cluster)
     if not yes and not dry_run:
         err.print(f"refusing to destroy {cluster} without --yes")
         raise typer.Exit(2)
+    if config is not None:
+        os.environ.setdefault("DROVER_CONFIG_ROOT", str(config.resolve().parent))
     result = run_flow("flows.destroy", "destroy_cluster", cluster=cluster, confirm=yes,
-                  dry_run=dry_run, **busy(wait))
+                      dry_run=dry_run, config=str(config.resolve()) if config else None,
+                      **busy(wait))
     if dry_run:
         out.print(f"{cluster}: would delete {', '.join(result['would_delete']) or 'nothing'}")
     else:

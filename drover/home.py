@@ -128,7 +128,8 @@ def _recoveries(folder: Path) -> str:
     previous = folder / PREVIOUS_SPEC
     keep = (f"copy the previous version back (`cp {previous} {folder / SPEC_FILE}`), or "
             if previous.exists() else "")
-    return f"to recover, {keep}run `drover apply CONFIG` with the cluster's config to rewrite it"
+    return (f"to recover, {keep}run `drover apply CONFIG` with the cluster's config to rewrite "
+            f"it (or, to destroy it, `drover destroy {folder.name} --config CONFIG`)")
 
 
 def forget_cluster(name: str) -> None:

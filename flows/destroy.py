@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from drover.boundaries import cluster_name
+from drover.boundaries import cluster_name, flow_config_path
 from drover.home import forget_cluster, recall_spec
+from drover.spec import load_spec
 from tasks.lease import hold_cluster
 from tasks.nodes import delete_nodes, observe_cluster
 from tasks.recover import snapshot_etcd
@@ -17,7 +18,7 @@ from tasks.recover import snapshot_etcd
 
 @flow(name="destroy-cluster")
 def destroy_cluster(cluster: str, confirm: bool = False, dry_run: bool = False,
-                    if_busy: Literal["fail", "wait"] = "fail",
+                    config: str | None = None, if_busy: Literal["fail", "wait"] = "fail",
                     wait_seconds: float = 600) -> dict[str, Any]:
     """Delete every node of a cluster drover deployed, then its secrets and client configs.
 
@@ -25,14 +26,21 @@ def destroy_cluster(cluster: str, confirm: bool = False, dry_run: bool = False,
         cluster: the cluster's name (metadata.name in its config)
         confirm: must be true: this deletes every node and the cluster's secrets
         dry_run: list what would be deleted and change nothing
+        config: the cluster's YAML under configs/, when drover's remembered copy of it is
+            damaged (otherwise the remembered spec is used)
         if_busy: when another operation holds the cluster: fail at once, or wait
         wait_seconds: how long to wait for the cluster when if_busy is wait
     """
     logger = get_run_logger()
-    recalled = recall_spec(cluster_name(cluster))
-    if recalled.warning:
-        logger.warning(recalled.warning)
-    spec = recalled.spec
+    if config:
+        spec = load_spec(flow_config_path(config))
+        if spec.name != cluster_name(cluster):
+            raise ValueError(f"{config} declares cluster {spec.name}, not {cluster}")
+    else:
+        recalled = recall_spec(cluster_name(cluster))
+        if recalled.warning:
+            logger.warning(recalled.warning)
+        spec = recalled.spec
     if spec is None:
         logger.info("%s: drover knows no such cluster; nothing to destroy", cluster)
         return {"cluster": cluster, "deleted": []}

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 
 from drover.boundaries import node_name
 from flows import known_spec, start_timer
+from tasks.configure import prepare_cluster_dir
 from tasks.lease import hold_cluster
 from tasks.nodes import bring_up_node, delete_nodes, observe_cluster, plan_replacement, retire_node
 from tasks.recover import snapshot_etcd
@@ -46,6 +47,7 @@ def replace_node(cluster: str, node: str, reason: str = "requested", dry_run: bo
             logger.info("%s: %s is already gone (replaced before?); nothing to do", cluster,
                         node)
             return {"cluster": cluster, "replaced": None, "by": None}
+        prepare_cluster_dir(spec, nodes_exist=True)  # missing secrets stop it before a drain
         plan = plan_replacement(spec, node)
         logger.info("%s: replacing %s: %s", cluster, node, reason[:200])
         for line in plan.describe(cluster):

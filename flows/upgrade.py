@@ -62,6 +62,7 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
         return {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
 
     with hold_cluster(spec, "upgrade", if_busy=if_busy, wait_seconds=wait_seconds) as held:
+        prepare_cluster_dir(spec, nodes_exist=True)  # missing secrets stop it here, first
         plan = plan_for(spec, target, max_unavailable, allow_downgrade)
         for line in plan.describe(cluster):
             logger.info(line)

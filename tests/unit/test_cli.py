@@ -113,3 +113,24 @@ def test_report_shows_every_run_and_percentiles_against_target_and_baseline(home
     assert result.exit_code == 0, result.output
     assert result.output.count("within the 10m target") == 3
     assert "p50 8m" in result.output and "baseline 45m" in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["destroy", "../../../x", "--yes"], ["status", "../x"], ["upgrade", "a/b"],
+    ["replace", "..", "n"], ["health", "/etc"], ["report", "x/../../y"], ["recover", "A_B"],
+    ["secrets", "backup", "../x", "--out", "/tmp/b"]])
+def test_a_path_like_cluster_name_exits_2_before_anything_runs(
+        command: list[str], tmp_path: Path, home: Path) -> None:
+    decoy = tmp_path / "x"
+    decoy.mkdir()
+
+    result = runner.invoke(app, command)
+
+    assert result.exit_code == 2, result.output
+    assert "cluster name" in result.output and "Traceback" not in result.output
+    assert decoy.is_dir() and not (home / "clusters").exists()
+
+
+def test_errors_print_plain_text_not_markup(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["destroy", "../x", "--yes"])
+    assert "[red]" not in result.output and result.output.startswith("error: ")
