@@ -1,16 +1,29 @@
-"""Tasks of a fleet upgrade: concurrency limits, and one cluster's upgrade run."""
+"""Tasks of a fleet run: concurrency limits, each site's copy of the per-cluster deployment on
+the site's own work pool, what an earlier run of the fleet finished, and one cluster's run on
+its site's deployment, watched until it ends or its site's worker falls silent."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
+from prefect.states import Crashed
 
-from drover.fleet import site_limit
+from drover.fleet import Site, site_deployment, site_limit
+
+POLL_SECONDS = 2.0
 
 
 @task(name="ensure-concurrency-limits", cache_policy=NONE)
@@ -21,27 +34,87 @@ def ensure_concurrency_limits(limits: dict[str, int]) -> None:
             client.upsert_global_concurrency_limit_by_name(name, limit)
 
 
+@task(name="ensure-site-deployments", cache_policy=NONE)
+def ensure_site_deployments(sites: list[Site]) -> dict[str, str]:
+    """Each site's deployment by site name: for a site with its own work pool, a copy of its
+    per-cluster deployment on that pool (created or updated, named <deployment>-<site>)."""
+    names: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        for site in sites:
+            names[site.name] = site_deployment(site)
+            if site.work_pool:
+                base = client.read_deployment_by_name(site.deployment)
+                client.create_deployment(  # an upsert by (flow, name)
+                    flow_id=base.flow_id, name=names[site.name].split("/", 1)[1],
+                    work_pool_name=site.work_pool, entrypoint=base.entrypoint, path=base.path,
+                    pull_steps=base.pull_steps, parameters=base.parameters,
+                    parameter_openapi_schema=base.parameter_openapi_schema,
+                    enforce_parameter_schema=base.enforce_parameter_schema,
+                    job_variables=base.job_variables, description=base.description,
+                    tags=[*base.tags, f"site-{site.name}"],
+                    concurrency_limit=base.concurrency_limit)
+    return names
+
+
+@task(name="find-finished-clusters", cache_policy=NONE)
+def find_finished_clusters(tag: str) -> dict[str, str]:
+    """Clusters an earlier run of this fleet brought to this target: cluster -> flow run id."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[tag]),
+            state=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
+    return {str(run.parameters["cluster"]): str(run.id) for run in runs
+            if "cluster" in run.parameters}
+
+
+def silent_for(client: SyncPrefectClient, pool: str) -> float:
+    """Seconds since any worker of `pool` last sent a heartbeat (inf: none ever did)."""
+    beats = [w.last_heartbeat_time for w in client.read_workers_for_work_pool(pool)
+             if w.last_heartbeat_time]
+    return (datetime.now(UTC) - max(beats)).total_seconds() if beats else float("inf")
+
+
+def row(site: str, cluster: str, wave: int, outcome: str, detail: str,
+        flow_run: str = "-") -> dict[str, str]:
+    return {"site": site, "cluster": cluster, "wave": str(wave), "outcome": outcome,
+            "detail": detail, "flow_run": flow_run}
+
+
 @task(name="upgrade-in-fleet", task_run_name="fleet-{site}-{cluster}", cache_policy=NONE)
-def upgrade_in_fleet(site: str, deployment: str, cluster: str,
-                     parameters: dict[str, Any]) -> dict[str, str]:
-    """Run the site's upgrade-cluster deployment for one cluster, holding a fleet slot and a
-    site slot; the outcome is upgraded, skipped (already current) or failed."""
+def upgrade_in_fleet(site: str, deployment: str, cluster: str, parameters: dict[str, Any],
+                     wave: int = 1, tags: list[str] | None = None,
+                     worker_timeout: float = 90) -> dict[str, str]:
+    """Run the site's deployment for one cluster, holding a fleet slot and a site slot; the
+    outcome is upgraded, skipped (already current), failed, or not done when the site's
+    worker fell silent (its run is then marked Crashed, so a re-run starts it afresh)."""
     logger = get_run_logger()
     try:
-        with concurrency(["drover-fleet", site_limit(site)], occupy=1, strict=True):
-            logger.info("%s/%s: upgrading through %s", site, cluster, deployment)
+        with concurrency(["drover-fleet", site_limit(site)], occupy=1, strict=True), \
+                get_client(sync_client=True) as client:
+            pool = client.read_deployment_by_name(deployment).work_pool_name or "-"
+            if (silence := silent_for(client, pool)) > worker_timeout:
+                return row(site, cluster, wave, "not done",
+                           f"no live worker on pool {pool} (silent {silence:.0f}s); not started")
+            logger.info("%s/%s: running %s on pool %s", site, cluster, deployment, pool)
             run = run_deployment(deployment, parameters={"cluster": cluster, **parameters},
-                                 timeout=None, poll_interval=2)
+                                 timeout=0, tags=tags or [])
+            while not (run := client.read_flow_run(run.id)).state or \
+                    not run.state.is_final():
+                if (silence := silent_for(client, pool)) > worker_timeout:
+                    state = run.state.name if run.state else "no state"
+                    why = (f"worker of pool {pool} silent {silence:.0f}s while the run was "
+                           f"{state}; marked Crashed, re-run the fleet to finish it")
+                    client.set_flow_run_state(run.id, Crashed(message=why), force=True)
+                    logger.error("%s/%s: not done: %s", site, cluster, why)
+                    return row(site, cluster, wave, "not done", why, str(run.id))
+                time.sleep(POLL_SECONDS)  # a real server's run: nothing to inject
     except Exception as exc:  # a missing deployment, a lost server: this cluster failed
         logger.error("%s/%s: could not run %s: %s", site, cluster, deployment, exc)
-        return {"site": site, "cluster": cluster, "outcome": "failed", "detail": str(exc),
-                "flow_run": "-"}
-    state = run.state
-    message = (state.message if state else None) or ""
-    if state is None or not state.is_completed():
+        return row(site, cluster, wave, "failed", f"{type(exc).__name__}: {exc}")
+    message = run.state.message or ""
+    if not run.state.is_completed():
         outcome = "failed"
     else:
         outcome = "skipped" if message.startswith("skipped") else "upgraded"
     logger.info("%s/%s: %s", site, cluster, outcome)
-    return {"site": site, "cluster": cluster, "outcome": outcome,
-            "detail": message or (state.name if state else "no state"), "flow_run": str(run.id)}
+    return row(site, cluster, wave, outcome, message or run.state.name, str(run.id))
