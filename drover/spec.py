@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from drover import fields, yamlsafe
 from drover.boundaries import confined
+from drover.compliance.model import ComplianceSettings
 from drover.errors import InvalidName, SpecError
 from drover.model import (
     API_VERSION,
@@ -177,6 +178,8 @@ class ClusterBody(Model):
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
     upgrade: UpgradeSettings = Field(default_factory=UpgradeSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    compliance: ComplianceSettings = Field(default_factory=ComplianceSettings, description=(
+        "CIS benchmark, level and justified waivers (drover compliance check)"))
 
     @field_validator("workers")
     @classmethod
