@@ -11,10 +11,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import httpx
-from lightkube import ApiError, Client, KubeConfig
+from lightkube import ApiError, Client, KubeConfig, codecs
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Node as K8sNode
 from lightkube.resources.core_v1 import Pod
+from lightkube.types import CascadeType
 
 from drover.errors import DroverError, StageTimeout
 from drover.home import cluster_dir
@@ -38,6 +40,10 @@ class KubeAPI(ABC):
     @abstractmethod
     def cordoned(self, node: str) -> bool: ...
 
+    def kube_bench(self, clock: Clock, timeout: float) -> list[str]:
+        """kube-bench's JSON output from every node (runtime compliance evidence)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run kube-bench")
+
 
 KUBE_BACKENDS: Registry[KubeAPI] = Registry("Kubernetes backend", "spec.talos.api",
                                             lambda spec: spec.spec.talos.api)
@@ -47,6 +53,7 @@ open_kube = KUBE_BACKENDS.open
 @KUBE_BACKENDS.register("lab")
 class LabKube(KubeAPI):
     def __init__(self, spec: ClusterSpec, datacenter: Datacenter | None = None) -> None:
+        self.spec = spec
         self.lab = datacenter or open_datacenter(spec)
 
     def set_cordoned(self, node: str, cordoned: bool) -> None:
@@ -57,6 +64,12 @@ class LabKube(KubeAPI):
 
     def cordoned(self, node: str) -> bool:
         return self.lab.node(node).cordoned
+
+    def kube_bench(self, clock: Clock, timeout: float) -> list[str]:
+        """The lab runs no containers: kube-bench's output is emulated from its nodes."""
+        from drover.compliance.runtime import emulate_kube_bench
+
+        return [emulate_kube_bench(self.spec, self.lab.nodes())]
 
 
 @KUBE_BACKENDS.register("talosctl")
@@ -104,6 +117,57 @@ class Lightkube(KubeAPI):
         return not refused and not any(
             _movable(p) for p in self.client.list(Pod, namespace="*",
                                                   fields={"spec.nodeName": node}))
+
+
+    def kube_bench(self, clock: Clock, timeout: float) -> list[str]:
+        """One kube-bench Job per node (Talos-adjusted mounts, privileged namespace); each
+        waited for, its pod's log (kube-bench's JSON) read, then the Job deleted."""
+        from drover.compliance.runtime import job_manifest, namespace_manifest
+
+        try:
+            self.client.create(codecs.from_dict(namespace_manifest()))
+        except ApiError as exc:
+            if exc.status.code != 409:  # 409: it exists from an earlier run
+                raise
+        outputs = []
+        for node in self.client.list(K8sNode):
+            labels = node.metadata.labels or {}
+            role = ("controlplane" if "node-role.kubernetes.io/control-plane" in labels
+                    else "worker")
+            outputs.append(self._run_job(job_manifest(self.spec, role, node.metadata.name),
+                                         clock, timeout))
+        return outputs
+
+    def _run_job(self, manifest: dict, clock: Clock, timeout: float) -> str:  # type: ignore[type-arg]
+        name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+        if _exists(self.client, name, namespace):  # a Job left by an interrupted run
+            self.client.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        self.client.create(codecs.from_dict(manifest))
+
+        def finished() -> bool | None:
+            status = self.client.get(Job, name, namespace=namespace).status
+            if status and status.failed:
+                raise DroverError(f"{self.spec.name}: kube-bench Job {namespace}/{name} failed; "
+                                  f"see `kubectl -n {namespace} logs job/{name}`")
+            return True if status and status.succeeded else None
+
+        poll_until(finished, clock=clock, timeout=timeout, on_timeout=lambda: StageTimeout(
+            "kube-bench", name, f"the Job did not finish in {timeout:.0f}s"))
+        pod = next(iter(self.client.list(Pod, namespace=namespace,
+                                         labels={"job-name": name})))
+        text = "".join(self.client.log(pod.metadata.name, namespace=namespace))
+        self.client.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        return text
+
+
+def _exists(client: Client, name: str, namespace: str) -> bool:
+    try:
+        client.get(Job, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return False
+        raise
+    return True
 
 
 def _movable(pod: Pod) -> bool:

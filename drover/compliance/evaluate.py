@@ -20,6 +20,7 @@ from drover.compliance.result import (
     apply_waiver,
 )
 from drover.compliance.settings import Setting, dig, resolve
+from drover.errors import DroverError
 from drover.machineconfig.render import render_node_config
 from drover.machineconfig.secrets import CertPair, SecretsBundle
 from drover.spec import ClusterSpec, Patches, inline_patches
@@ -252,3 +253,22 @@ def _expected(check: dict[str, Any]) -> str:
         parts.append("only CIS-approved cipher suites (or TLS 1.3 only)")
     unset = " (or not set)" if check.get("unset_ok") else ""
     return f"{flag} {' and '.join(parts)}{unset}"
+
+
+def refuse_failures(report: Report) -> Report:
+    """`report` when nothing fails unwaived; else a DroverError naming each failing control
+    with the config paths and values that make it fail (the deploy pre-flight)."""
+    failing = report.failing()
+    if not failing:
+        return report
+    lines = [f"  {r.id} {r.title}: {'; '.join(e for e in r.evidence if _names_path(e, r))}"
+             f" ({r.reason})" for r in failing]
+    raise DroverError(
+        f"{report.cluster}: compliance pre-flight: {len(failing)} {report.benchmark} control(s) "
+        "fail and are not waived; nothing was created:\n" + "\n".join(lines) +
+        "\nfix the patch, or waive the control in spec.compliance.waivers with a written "
+        "justification and who gave it")
+
+
+def _names_path(line: str, result: ControlResult) -> bool:
+    return any(path in line for path in result.paths) or not result.paths

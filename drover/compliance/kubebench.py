@@ -141,6 +141,8 @@ def _judge(item: KubeBenchResult, catalogue: Any, static: Report | None) -> Cont
         result.reason = f"Talos fixes this: {control.evidence}"
         if control.false_positive:
             result.reason += f"; {control.false_positive}"
+    elif decided is not None and decided.status == NOT_APPLICABLE:
+        result.status, result.reason = FALSE_POSITIVE, decided.reason
     elif control.false_positive and (decided is None or decided.status == PASS):
         result.status = FALSE_POSITIVE
         result.reason = control.false_positive
