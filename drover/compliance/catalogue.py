@@ -51,10 +51,11 @@ class Catalogue:
 
 
 def section_for(control_id: str, sections: dict[str, str]) -> str:
-    """'1.2' for 1.2.15, '2' for 2.7: the longest section id that prefixes it."""
+    """'1.2' for 1.2.15, '2' for 2.7: the longest section id that prefixes it; an id from
+    another benchmark (5.7.4) gets its parent (5.7)."""
     parts = control_id.split(".")
     return next((".".join(parts[:n]) for n in range(len(parts) - 1, 0, -1)
-                 if ".".join(parts[:n]) in sections), parts[0])
+                 if ".".join(parts[:n]) in sections), ".".join(parts[:-1]) or parts[0])
 
 
 def benchmarks() -> list[str]:

@@ -20,6 +20,7 @@ from drover.compliance.result import (
     NOT_APPLICABLE,
     PASS,
     UNKNOWN,
+    WAIVED,
     WARN,
     ControlResult,
     Report,
@@ -152,17 +153,27 @@ def _judge(item: KubeBenchResult, catalogue: Any, static: Report | None) -> Cont
 
 
 def merge(static: Report, runtime: Report) -> Report:
-    """The static report with runtime evidence: a NEEDS-RUNTIME control takes kube-bench's
-    verdict; every other control keeps the static verdict and gains kube-bench's line."""
+    """The static report with runtime evidence. kube-bench's verdict wins for a NEEDS-RUNTIME
+    control, and wherever it found a genuine FAIL (the running cluster drifted from its
+    config), a Talos false positive, a waiver or an unknown id; otherwise the static verdict
+    stands with kube-bench's line added to its evidence."""
     seen = {r.id: r for r in runtime.results}
     results = []
     for result in static.results:
         found = seen.pop(result.id, None)
-        if found is not None and result.status in (NEEDS_RUNTIME,):
+        if found is None:
+            results.append(result)
+        elif result.status == NEEDS_RUNTIME or found.status in (FALSE_POSITIVE, WAIVED):
+            results.append(found)
+        elif found.status == FAIL:
+            found.reason = "kube-bench found it failing on the running cluster" + (
+                " although the config passes: the cluster drifted from its config"
+                if result.status == PASS else "") + (f"; {result.reason}" if result.reason
+                                                     else "")
+            found.evidence = [*result.evidence, *found.evidence]
             results.append(found)
         else:
-            if found is not None and result.status != NOT_APPLICABLE:
-                result.evidence = [*result.evidence, *found.evidence]
+            result.evidence = [*result.evidence, *found.evidence]
             results.append(result)
     results += seen.values()  # unknown ids stay in the report
     return Report(**{**static.__dict__, "source": f"static+{runtime.source}",
