@@ -21,8 +21,8 @@ from tenacity import (
     wait_random,
 )
 
+from drover.clock import Clock
 from drover.errors import RetriesExhausted, TransientError
-from drover.lab.clock import Clock
 
 T = TypeVar("T")
 

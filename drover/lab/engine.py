@@ -18,8 +18,8 @@ import random
 import sqlite3
 from pathlib import Path
 
+from drover.clock import Clock, SystemClock, installed_clock
 from drover.errors import NodeNotFound, TransientError
-from drover.lab.clock import Clock, SystemClock
 from drover.lab.model import LabNode
 from drover.lab.profiles import Profile, load_profile
 from drover.lab.store import CommitThenRaise, LabStore, VirtualClock
@@ -47,8 +47,9 @@ class LabEngine:
             settings = LabProvider(kind="lab", profile="instant")
         self.cluster = spec.name
         self.store = LabStore(path)
-        if clock is None:
-            clock = VirtualClock(self.store) if settings.clock == "virtual" else SystemClock()
+        if clock is None:  # a clock installed by use_clock (drover predict) wins
+            clock = installed_clock() or (VirtualClock(self.store) if settings.clock == "virtual"
+                                          else SystemClock())
         self.clock = clock
         self.profile: Profile = load_profile(settings.profile, settings.compression)
         self.faults: list[LabFault] = list(settings.faults)
@@ -253,15 +254,20 @@ class LabEngine:
     def _cluster_row(self, con: sqlite3.Connection) -> sqlite3.Row | None:
         return con.execute("SELECT * FROM clusters WHERE name=?", (self.cluster,)).fetchone()
 
-    def next_change_at(self) -> float | None:
-        """When the next scheduled change is due (None: nothing will change by itself)."""
+    def next_change_at(self, node: str | None = None) -> float | None:
+        """When the next scheduled change is due (None: nothing will change by itself).
+
+        With `node`, only changes that can alter what that node reports: its own, the
+        control planes' (etcd membership, the API's availability) and the API server's; a
+        wait for one node then wakes for those alone, not for every node of the cluster.
+        """
+        scope = "" if node is None else " AND (name=:n OR role='controlplane')"
         with self.store.transaction() as con:
             self._advance(con)
             row = con.execute(
-                "SELECT MIN(t) FROM (SELECT due AS t FROM nodes WHERE cluster=:c "
-                "UNION ALL SELECT join_due FROM nodes WHERE cluster=:c "
-                "UNION ALL SELECT ready_due FROM nodes WHERE cluster=:c "
+                f"SELECT MIN(t) FROM (SELECT due AS t FROM nodes WHERE cluster=:c{scope} "
+                f"UNION ALL SELECT join_due FROM nodes WHERE cluster=:c{scope} "
+                f"UNION ALL SELECT ready_due FROM nodes WHERE cluster=:c{scope} "
                 "UNION ALL SELECT api_due FROM clusters WHERE name=:c)",
-                {"c": self.cluster}).fetchone()
+                {"c": self.cluster, "n": node}).fetchone()
             return row[0]
-

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from secrets import token_hex
 
+from drover.clock import Clock
 from drover.errors import StateError
-from drover.lab.clock import Clock
 from drover.statefile import check_private, damaged, private_dir, sqlite_connect, sqlite_errors
 
 SCHEMA = """
@@ -75,6 +76,17 @@ class CommitThenRaise(Exception):
         self.error = error
 
 
+#: one lock per lab file in this process: its threads queue here, not in SQLite's busy
+#: handler (which sleeps in milliseconds); other processes still queue in SQLite
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(path: Path) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(path.resolve()), threading.RLock())
+
+
 class LabStore:
     def __init__(self, path: Path) -> None:
         """Open the lab file at `path`, creating it only where no file exists: an existing
@@ -85,6 +97,8 @@ class LabStore:
             self._create()
         check_private(self.path)
         self._uri = f"{self.path.resolve().as_uri()}?mode=rw"  # rw: never create it again
+        self._lock = _process_lock(self.path)
+        self._local = threading.local()
         with self.connect() as con:
             tables = {row[0] for row in con.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -95,6 +109,7 @@ class LabStore:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)  # the tables a later drover added
             self._migrate(con)
+        self._drop()  # opening leaves no connection (nor -wal file) behind
 
     def _create(self) -> None:
         """Build a new lab file aside and link it into place: a crash half-way never leaves an
@@ -123,6 +138,12 @@ class LabStore:
                 con.execute(f"ALTER TABLE nodes ADD COLUMN {column} {decl}")
 
     def _open(self) -> sqlite3.Connection:
+        """This thread's connection to the lab file, opened on first use and kept (opening
+        one per operation cost half of each operation's time)."""
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is not None and self._inode() == getattr(self._local, "inode", None):
+            return con  # still the same file (not removed, nor replaced by another)
+        self._drop()
         try:
             con = sqlite3.connect(self._uri, uri=True, timeout=60, isolation_level=None)
         except sqlite3.Error as exc:
@@ -131,7 +152,26 @@ class LabStore:
                                  "restore it, or start again with an empty lab") from None
             raise damaged(self.path, exc) from None
         con.row_factory = sqlite3.Row
+        try:  # WAL + NORMAL: a crash keeps the file intact (the lab may lose its last moments)
+            con.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            raise damaged(self.path, exc) from None
+        self._local.con, self._local.inode = con, self._inode()
         return con
+
+    def _inode(self) -> int | None:
+        try:
+            return self.path.stat().st_ino
+        except FileNotFoundError:
+            return None
+
+    def _drop(self) -> None:
+        """Close this thread's connection (after an error, or the file was removed)."""
+        con = getattr(self._local, "con", None)
+        self._local.con = None
+        if con is not None:
+            con.close()
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -140,12 +180,17 @@ class LabStore:
         try:
             with sqlite_errors(self.path):
                 yield con
-        finally:
-            con.close()
+        except BaseException:
+            self._drop()
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE so concurrent writers queue instead of failing."""
+        with self._lock:
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         con = self._open()
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -158,8 +203,9 @@ class LabStore:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
-        finally:
-            con.close()
+        except BaseException:
+            self._drop()
+            raise
 
 
 class VirtualClock(Clock):
