@@ -47,6 +47,14 @@ def clock() -> AutojumpClock:
     return AutojumpClock(START, stall_seconds=2.0)
 
 
+def settled(condition: Callable[[], object]) -> None:
+    """Until another thread reached a state (bounded; no fixed sleep)."""
+    deadline = time.monotonic() + 5
+    while not condition() and time.monotonic() < deadline:
+        threading.Event().wait(0.001)
+    assert condition()
+
+
 def test_parallel_sleeps_wake_in_order_each_at_its_own_moment(clock: AutojumpClock) -> None:
     woke: list[tuple[float, float]] = []
 
@@ -81,7 +89,7 @@ def test_time_stands_still_while_a_participant_runs(clock: AutojumpClock) -> Non
         busy = clock.submit(pool, work)
         napping = clock.submit(pool, nap)
         working.wait(5)
-        time.sleep(0.05)  # the napper had every chance to run ahead: it must not
+        settled(lambda: clock._sleepers)  # the napper waits for its moment: time holds
         assert clock.now() == START
         done.set()
         busy.result(5)
@@ -108,7 +116,7 @@ def test_no_jump_between_submit_and_start(clock: AutojumpClock) -> None:
     with ThreadPoolExecutor(1) as pool:
         napping = clock.submit(pool, nap)
         starter.start()
-        time.sleep(0.05)
+        settled(lambda: clock._sleepers)  # the napper waits; the ticket holds time
         assert clock.now() == START
         release.set()
         starter.join(5)
