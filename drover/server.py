@@ -154,13 +154,29 @@ def wait_pools(url: str, pools: list[str], timeout: float = 120) -> None:
                 time.sleep(0.5)
 
 
+def ensure_workers(state: dict[str, Any], pools: list[str], limit: int | None) -> list[str]:
+    """Start a worker for each pool that has none alive (recorded in the state file), and
+    wait until every pool exists; the pools whose worker was (re)started."""
+    env = prefect_env(state["url"], None)  # workers talk to the API, never to the database
+    started = []
+    for pool in pools:
+        if not alive(state["workers"].get(pool)):
+            state["workers"][pool] = start_worker(pool, env, Path(state["project"]), limit)
+            write_private(state_file(), json.dumps(state, indent=1))
+            started.append(pool)
+    wait_pools(state["url"], pools)
+    return started
+
+
 def start(project: Path, use_postgres: bool = False, site_pools: list[str] | None = None,
           port: int | None = None, worker_limit: int | None = 8,
           register: bool = True) -> dict[str, Any]:
     """Start the server (and PostgreSQL), a worker per pool, and `prefect deploy --all` from
     `project`; a running server is left as it is. The status afterwards."""
     state = read_state()
+    pools = list(dict.fromkeys([LOCAL_POOL, *(site_pools or [])]))
     if state and alive(state.get("server_pid")):
+        ensure_workers(state, pools, worker_limit)  # a new site, or a worker that died
         return status()
     if not (project / "prefect.yaml").is_file():
         raise StateError(f"{project}: no prefect.yaml here; run from drover's project folder "
@@ -176,13 +192,9 @@ def start(project: Path, use_postgres: bool = False, site_pools: list[str] | Non
     write_private(state_file(), json.dumps(state, indent=1))
     try:
         wait_healthy(url, state["server_pid"])
-        pools = list(dict.fromkeys([LOCAL_POOL, *(site_pools or [])]))
-        for pool in pools:
-            state["workers"][pool] = start_worker(pool, env, project, worker_limit)
-            write_private(state_file(), json.dumps(state, indent=1))
-        wait_pools(url, pools)
+        ensure_workers(state, pools, worker_limit)
         if register:
-            prefect(["--no-prompt", "deploy", "--all"], env, project)
+            prefect(["--no-prompt", "deploy", "--all"], prefect_env(url, None), project)
     except BaseException:
         stop()
         raise

@@ -13,6 +13,7 @@ from prefect.cache_policies import NONE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
@@ -24,6 +25,7 @@ from prefect.states import Crashed
 from drover.fleet import Site, site_deployment, site_limit
 
 POLL_SECONDS = 2.0
+PAGE = 200  # the API's largest page
 
 
 @task(name="ensure-concurrency-limits", cache_policy=NONE)
@@ -59,12 +61,16 @@ def ensure_site_deployments(sites: list[Site]) -> dict[str, str]:
 @task(name="find-finished-clusters", cache_policy=NONE)
 def find_finished_clusters(tag: str) -> dict[str, str]:
     """Clusters an earlier run of this fleet brought to this target: cluster -> flow run id."""
+    found: dict[str, str] = {}
+    completed = FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
+    offset = 0
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            tags=FlowRunFilterTags(all_=[tag]),
-            state=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
-    return {str(run.parameters["cluster"]): str(run.id) for run in runs
-            if "cluster" in run.parameters}
+        while page := client.read_flow_runs(flow_run_filter=completed, limit=PAGE,
+                                            offset=offset):
+            found |= {str(run.parameters.get("cluster")): str(run.id) for run in page}
+            offset += len(page)
+    return found
 
 
 def silent_for(client: SyncPrefectClient, pool: str) -> float:
