@@ -136,7 +136,7 @@ def split_waves(items: list[T], waves: list[int | str]) -> list[list[T]]:
 
 def over_budget(failed: int, wave_size: int, budget: int | str) -> bool:
     """True when a wave's failures exceed the error budget (a count, or a share of the wave)."""
-    return failed > share_of(budget, wave_size) if isinstance(budget, str) else failed > budget
+    return failed > share_of(budget, wave_size)
 
 
 def target_tag(fleet: str, parameters: dict[str, object]) -> str:
