@@ -1,0 +1,213 @@
+"""Benchmark: the fleet upgrade at full scale on drover's own Prefect server.
+
+N lab clusters (3 control planes + 2 workers) over S sites, each site with its own work pool
+and process worker, upgraded by the upgrade-fleet deployment in its canary waves, once with
+the server on PostgreSQL and once on SQLite. Per database it prints the fleet's wall time
+against the ideal its limits allow (per wave, the larger of: the cluster runs' time spread over
+the fleet limit, one site's over its per-site limit, the longest run; from the runs' own start
+and end times in the API), the cluster flow runs per minute the server sustained, and the API
+latency (a flow-run query, every 0.5 s during the run) p50/p95.
+
+The lab profile and clock are flags (default: instant profile, virtual clock: the upgrades
+themselves take no time, so the wall time is Prefect's and drover's own overhead).
+
+Run: .venv/bin/python bench/fleet.py [--clusters 250 --sites 10 --databases postgresql,sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.pop("PREFECT_API_URL", None)
+TARGET = "v1.14.0"
+
+
+def write_config(folder: Path, name: str, profile: str, clock: str) -> str:
+    data = yaml.safe_load((REPO / "configs" / "lab.yaml").read_text())
+    data["metadata"]["name"] = name
+    data["spec"]["controlPlane"]["count"], data["spec"]["workers"][0]["count"] = 3, 2
+    patches = folder / "patches"
+    patches.mkdir(exist_ok=True)
+    for patch in (REPO / "configs" / "patches").glob("*.yaml"):
+        shutil.copy(patch, patches / patch.name)
+    data["spec"]["provider"] = {"kind": "lab", "profile": profile, "clock": clock, "seed": 1}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def deploy_one(args: tuple[str, str, str, str]) -> None:
+    folder, name, profile, clock = args
+    from drover import deploy
+    from drover.spec import load_spec
+
+    deploy.converge(deploy.Infra.open(load_spec(write_config(Path(folder), name, profile,
+                                                                      clock))))
+
+
+def deploy_fleet(home: Path, configs: Path, sites: dict[str, list[str]], profile: str,
+                 clock: str) -> float:
+    """Deploy every cluster with the library (no Prefect), two processes at a time."""
+    os.environ["DROVER_HOME"] = str(home)
+    started = time.perf_counter()
+    names = sum(sites.values(), [])
+    deploy_one((str(configs), names[0], profile, clock))  # the lab's database, made once
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(deploy_one, [(str(configs), n, profile, clock) for n in names[1:]]))
+    return time.perf_counter() - started
+
+
+def write_fleet(configs: Path, sites: dict[str, list[str]], fleet_limit: int,
+                per_site: int) -> str:
+    path = configs / "fleet-bench.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "drover/v1alpha1", "kind": "Fleet", "metadata": {"name": "bench"},
+        "spec": {"talosVersion": TARGET, "limits": {"fleet": fleet_limit, "perSite": per_site},
+                 "sites": [{"name": site, "workPool": f"pool-{site}", "clusters": names}
+                           for site, names in sites.items()]}}))
+    return str(path)
+
+
+class Prober(threading.Thread):
+    """Times one flow-run query against the API every half second until stopped."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.samples, self.halt = url, [], threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as api:
+            while not self.halt.wait(0.5):
+                started = time.perf_counter()
+                api.post("/flow_runs/filter", json={"limit": 5})
+                self.samples.append(time.perf_counter() - started)
+
+
+def when(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def ideal_seconds(children: list[dict], wave_of: dict[str, str], site_of: dict[str, str],
+                  fleet_limit: int, per_site: int) -> float:
+    """The least wall time the limits allow for these runs' durations, wave after wave."""
+    total = 0.0
+    for wave in sorted(set(wave_of.values())):
+        runs = [c for c in children if wave_of[c["parameters"]["cluster"]] == wave]
+        spans = [when(c["end_time"]) - when(c["start_time"]) for c in runs]
+        by_site: dict[str, float] = {}
+        for run, span in zip(runs, spans, strict=True):
+            site = site_of[run["parameters"]["cluster"]]
+            by_site[site] = by_site.get(site, 0.0) + span
+        total += max(sum(spans) / fleet_limit, max(by_site.values()) / per_site, max(spans))
+    return total
+
+
+def measure(database: str, template: Path, sites: dict[str, list[str]], fleet_limit: int,
+            per_site: int) -> dict[str, Any]:
+    from drover import server
+
+    work = Path(tempfile.mkdtemp(prefix=f"drover-bench-{database}-"))
+    shutil.copytree(template, work, dirs_exist_ok=True, symlinks=True)
+    os.environ.update(DROVER_HOME=str(work / "home"), DROVER_CONFIG_ROOT=str(work / "configs"))
+    fleet = write_fleet(work / "configs", sites, fleet_limit, per_site)
+    started = time.perf_counter()
+    state = server.start(REPO, use_postgres=database == "postgresql",
+                         site_pools=[f"pool-{s}" for s in sites], worker_limit=per_site + 1)
+    start_up = time.perf_counter() - started
+    try:
+        with httpx.Client(base_url=state["url"], timeout=60) as api:
+            for name in ("check-health/check-health", "upgrade-fleet/upgrade-fleet"):
+                deployment = api.get(f"/deployments/name/{name}").json()
+                api.patch(f"/deployments/{deployment['id']}", json={"paused": True})
+            prober = Prober(state["url"])
+            prober.start()
+            deployment = api.get("/deployments/name/upgrade-fleet/upgrade-fleet").json()
+            run = api.post(f"/deployments/{deployment['id']}/create_flow_run",
+                           json={"parameters": {"fleet": fleet}}).json()
+            while (run := api.get(f"/flow_runs/{run['id']}").json())["state"]["type"] not in {
+                    "COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                time.sleep(1)
+            prober.halt.set()
+            children = []
+            while page := api.post("/flow_runs/filter", json={
+                    "flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}},
+                    "limit": 200, "offset": len(children)}).json():
+                children += page
+            report = next(a for a in api.post("/artifacts/filter", json={
+                "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+                if a["key"] == "fleet-bench")
+    finally:
+        server.stop()
+    rows = yaml.safe_load(report["data"])
+    wave_of = {r["cluster"]: r["wave"] for r in rows}
+    site_of = {r["cluster"]: r["site"] for r in rows}
+    done = [c for c in children if c["start_time"] and c["end_time"]]
+    first = min(when(c["start_time"]) for c in done)
+    last = max(when(c["end_time"]) for c in done)
+    latencies = sorted(prober.samples)
+    return {"database": database, "state": run["state"]["type"],
+            "summary": report["description"], "start_up": start_up,
+            "wall": when(run["end_time"]) - when(run["start_time"]),
+            "ideal": ideal_seconds(done, wave_of, site_of, fleet_limit, per_site),
+            "median_run": statistics.median(when(c["end_time"]) - when(c["start_time"])
+                                            for c in done),
+            "runs_per_minute": len(done) / (last - first) * 60,
+            "p50": latencies[len(latencies) // 2] * 1000,
+            "p95": latencies[math.ceil(len(latencies) * 0.95) - 1] * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clusters", type=int, default=250)
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--fleet-limit", type=int, default=10)
+    parser.add_argument("--per-site", type=int, default=2)
+    parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument("--profile", default="instant", help="lab profile of the clusters")
+    parser.add_argument("--clock", default="virtual", help="lab clock: virtual or system")
+    args = parser.parse_args()
+    sites = {f"s{i:02d}": [f"f{i:02d}c{j:03d}" for j in range(args.clusters)
+                           if j % args.sites == i] for i in range(args.sites)}
+    template = Path(tempfile.mkdtemp(prefix="drover-bench-fleet-"))
+    (template / "configs").mkdir()
+    took = deploy_fleet(template / "home", template / "configs", sites, args.profile,
+                        args.clock)
+    print(f"{args.clusters} lab clusters (3+2, {args.profile} profile, {args.clock} clock) "
+          f"over {args.sites} sites deployed in {took:.0f}s; limits: fleet "
+          f"{args.fleet_limit}, per site {args.per_site}; waves 1, 5%, rest", flush=True)
+    results = [measure(db, template, sites, args.fleet_limit, args.per_site)
+               for db in args.databases.split(",")]
+    print(f"\n{'':28}" + "".join(f"{r['database']:>14}" for r in results))
+    for label, key, fmt in [
+            ("fleet run", "state", "{}"), ("server + workers start (s)", "start_up", "{:.0f}"),
+            ("fleet wall (s)", "wall", "{:.0f}"), ("ideal under the limits (s)", "ideal", "{:.0f}"),
+            ("wall / ideal", None, ""), ("median cluster run (s)", "median_run", "{:.1f}"),
+            ("cluster runs per minute", "runs_per_minute", "{:.1f}"),
+            ("API latency p50 (ms)", "p50", "{:.0f}"), ("API latency p95 (ms)", "p95", "{:.0f}")]:
+        cells = [f"{r['wall'] / r['ideal']:.2f}x" if key is None else fmt.format(r[key])
+                 for r in results]
+        print(f"{label:28}" + "".join(f"{c:>14}" for c in cells))
+    for r in results:
+        print(f"{r['database']}: {r['summary']}")
+
+
+if __name__ == "__main__":
+    main()
