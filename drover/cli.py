@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from drover.cli_common import Wait, busy, checked_name, err, fail, out, run_flow
+from drover.cli_compliance import compliance_app
 from drover.cli_state import recover, secrets_app
 from drover.errors import DroverError, SpecError
 from drover.home import drover_home, remembered_spec
@@ -29,6 +30,7 @@ app = typer.Typer(help="Deploy, upgrade, heal and replace Talos Kubernetes clust
 config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(compliance_app, name="compliance")
 app.command()(recover)
 def _timing_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"deploy {result['cluster']}", title_justify="left")

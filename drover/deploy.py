@@ -11,7 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from drover import ledger, retry
-from drover.errors import AlreadyBootstrapped, NodeFailed, QuorumError, StageTimeout, TalosError
+from drover.errors import (
+    AlreadyBootstrapped,
+    NodeFailed,
+    PreflightFailed,
+    QuorumError,
+    StageTimeout,
+    TalosError,
+)
 from drover.home import cluster_dir, remember_spec
 from drover.kube import KubeAPI, LabKube, open_kube
 from drover.lab.clock import Clock
@@ -78,6 +85,14 @@ def observe(infra: Infra) -> Observed:
 def resolve_image(infra: Infra) -> str:
     """The installer image for the spec's schematic and Talos version, prepared for use."""
     return infra.provider.prepare_image(installer_image(infra.spec))
+
+
+def preflight(infra: Infra, nodes: list[NodeSpec], image: str) -> None:
+    """PreflightFailed listing every shortfall for creating `nodes`, before any is created."""
+    problems = infra.provider.preflight(nodes, image) if nodes else []
+    if problems:
+        raise PreflightFailed(f"{infra.spec.name}: pre-flight: {'; '.join(problems)}; "
+                              "nothing was created")
 
 
 def provision_node(infra: Infra, node: NodeSpec, image: str, run_id: str | None = None) -> float:

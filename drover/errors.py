@@ -13,6 +13,7 @@
     │   └── AlreadyBootstrapped         etcd was bootstrapped before (Talos: AlreadyExists)
     ├── QuorumError                     an operation would lose (or has lost) etcd quorum
     ├── DowngradeRefused (ValueError)   a target version below what the cluster runs
+    ├── PreflightFailed                 the infrastructure cannot take the plan; nothing made
     ├── ReplacementUnfinished           another node's replacement stopped part-way
     ├── StageTimeout (TimeoutError)     a wait ran out; names the node and the stage
     ├── NodeFailed                      a node died; no wait brings it back
@@ -85,6 +86,10 @@ class QuorumError(DroverError):
 
 class DowngradeRefused(DroverError, ValueError):
     """A version lower than what the cluster runs, without an explicit allow."""
+
+
+class PreflightFailed(DroverError):
+    """A shortfall found before anything was created (addresses, quota, names, image)."""
 
 
 class ReplacementUnfinished(DroverError):

@@ -15,16 +15,15 @@ from drover.model import DNS_LABEL, NODE_NAME_MAX, Model
 class LabFault(Model):
     """A fault the lab injects, declared in the config."""
 
-    type: Literal["create-fails", "never-boots", "talos-api-errors", "dies", "upgrade-fails",
-                  "drain-blocked"]
+    type: Literal["create-fails", "never-boots", "slow-boot", "talos-api-errors", "dies",
+                  "upgrade-fails", "drain-blocked"]
     node: Annotated[str, Field(pattern=DNS_LABEL, max_length=NODE_NAME_MAX, description=(
         "the node's name, <cluster>-<pool>-<n> with a declared pool, e.g. lab-cp-2; n may be "
         "beyond the pool's count (replacements and scale-ups get fresh numbers)"))]
     times: int = Field(1, ge=1, description=(
         "create-fails, talos-api-errors, upgrade-fails: how many times it happens"))
-    after_seconds: float = Field(
-        0, ge=0, description="dies: seconds after the node reaches running"
-    )
+    after_seconds: float = Field(0, ge=0, description=(
+        "dies: seconds after the node reaches running; slow-boot: extra seconds of boot"))
 
 
 class LabProvider(Model):

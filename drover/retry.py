@@ -54,8 +54,9 @@ def poll_until(check: Callable[[], T | None], *, clock: Clock, timeout: float,
     """Call `check` until it returns something other than None, or raise on_timeout().
 
     Between checks it sleeps until `next_change()` (the lab knows when its next
-    change is due; math.inf means nothing will change by itself), or for
-    `interval` when the backend cannot tell, never past the deadline.
+    change is due), or for `interval` when the backend cannot tell or nothing is
+    scheduled (math.inf: nothing changes by itself, but another thread of the run
+    may act, a bootstrap say), never past the deadline.
     """
     deadline = clock.now() + timeout
     idle = [False]  # whether the last wait found nothing scheduled
@@ -69,8 +70,11 @@ def poll_until(check: Callable[[], T | None], *, clock: Clock, timeout: float,
             # waiting out the deadline.
             idle[0] = True
             return 0.0
-        idle[0] = False
-        target = now + interval if upcoming is None else upcoming
+        if upcoming != math.inf:
+            idle[0] = False
+        # Nothing scheduled (inf) or unknown (None): poll at the interval, since another
+        # thread of the run (a bootstrap, a join) may cause the change this wait is for.
+        target = now + interval if upcoming is None or upcoming == math.inf else upcoming
         return max(0.0, min(target, deadline) - now)
 
     def give_up(_: RetryCallState) -> T:

@@ -67,6 +67,8 @@ class RunTiming:
     clock_note: str = ""          # e.g. "lab, realistic profile compressed 60x"
     run_id: str | None = None
     stages: list[StageTiming] = field(default_factory=list)
+    #: per-node pipelines: node -> [(step, started, ended)], in the order they ran
+    node_steps: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -74,8 +76,28 @@ class RunTiming:
         run with no end recorded)."""
         return max(0.0, self.ended - self.started) * self.scale
 
+    def critical_node(self) -> str | None:
+        """With per-node pipelines: the node whose chain ended last (it set the run's pace)."""
+        ends = {node: steps[-1][2] for node, steps in self.node_steps.items() if steps}
+        return max(ends, key=lambda n: (ends[n], n)) if ends else None
+
+    def critical_seconds(self) -> float:
+        """The critical node's own chain, start of its first step to end of its last (scaled):
+        the physical limit a run with no barriers can reach."""
+        node = self.critical_node()
+        if node is None:
+            return sum(s.slowest_seconds or 0.0 for s in self.stages) * self.scale
+        steps = self.node_steps[node]
+        return (steps[-1][2] - steps[0][1]) * self.scale
+
     def critical_path(self) -> str:
-        """The chain of slowest nodes through the stages (the stages run one after another)."""
+        """The critical node's chain of steps; without pipelines, the chain of each stage's
+        slowest node (the stages ran one after another)."""
+        node = self.critical_node()
+        if node is not None:
+            chain = " → ".join(f"{step} {format_duration((end - start) * self.scale)}"
+                               for step, start, end in self.node_steps[node])
+            return f"{node}: {chain}"
         parts = [f"{s.name}: {s.slowest_node} {format_duration(s.slowest_seconds * self.scale)}"
                  for s in self.stages if s.slowest_node and s.slowest_seconds is not None]
         return " → ".join(parts) or "-"
@@ -144,6 +166,22 @@ class StageTimer:
             yield stage
         finally:
             stage.ended = self.clock.now()
+            self.run.stages.append(stage)
+
+    def pipelines(self, spans: dict[str, dict[str, tuple[float, float]]],
+                  order: list[str]) -> None:
+        """Record per-node pipelines ({node: {step: (started, ended)}}) and one stage row per
+        step name in `order`: from its first start to its last end, with its slowest node."""
+        for node, steps in spans.items():
+            self.run.node_steps[node] = sorted(((name, *span) for name, span in steps.items()),
+                                               key=lambda s: s[1])
+        for name in order:
+            ran = {node: steps[name] for node, steps in spans.items() if name in steps}
+            if not ran:
+                continue
+            stage = StageTiming(name, min(s for s, _ in ran.values()),
+                                max(e for _, e in ran.values()))
+            self.nodes(stage, {node: end - start for node, (start, end) in ran.items()})
             self.run.stages.append(stage)
 
     @staticmethod

@@ -1,6 +1,7 @@
-"""deploy-cluster: image → provision (parallel) → config push (parallel) → bootstrap etcd
-(once) → health gate → timing report. Convergent: a re-run does only what is missing.
-The whole run holds the cluster's lease; a failed fresh deploy removes only its own nodes."""
+"""deploy-cluster: image → per node, on its own: provision → config push → (first control
+plane: bootstrap etcd, once) → join → health gate → timing report. No node waits for
+another. Convergent: a re-run does only what is missing. The whole run holds the cluster's
+lease; a failed fresh deploy removes only its own nodes."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from drover.boundaries import flow_config_path
-from drover.plan import plan_deploy
-from drover.spec import load_spec
-from flows import run_parallel, start_timer
+from drover.plan import DeployPlan, plan_deploy
+from drover.spec import ClusterSpec, load_spec
+from flows import Step, run_pipelines, start_timer
+from tasks.compliance import check_compliance, publish_compliance, runtime_compliance
 from tasks.configure import (
     bootstrap_etcd,
     configure_node,
@@ -19,11 +21,34 @@ from tasks.configure import (
     write_client_configs,
 )
 from tasks.health import wait_healthy
-from tasks.image import resolve_image
+from tasks.image import preflight, resolve_image
 from tasks.lease import hold_cluster
 from tasks.nodes import clean_up_failed, observe_cluster
 from tasks.provision import provision_node
 from tasks.report import publish_timing
+
+STEPS = ["provision", "configure", "bootstrap"]
+
+
+def node_pipelines(spec: ClusterSpec, plan: DeployPlan, image: str,
+                   run_id: str) -> dict[str, list[Step]]:
+    """Each node's own chain: provision (if missing) → configure (if not yet) → bootstrap etcd
+    (the first control plane to get there, if the cluster was never bootstrapped). Joining
+    is the health gate's, which waits for every node Ready and etcd full."""
+    settings = spec.spec.deployment
+    retrying = {"retries": settings.retries, "retry_delay_seconds": settings.retry_delay_seconds}
+    create = {n.name for n in plan.create}
+    chains: dict[str, list[Step]] = {}
+    for node in plan.configure:
+        chain = [Step("provision", provision_node.with_options(**retrying), {
+            "spec": spec, "node": node, "image": image, "run_id": run_id})] \
+            if node.name in create else []
+        chain.append(Step("configure", configure_node.with_options(**retrying),
+                          {"spec": spec, "node": node}))
+        if plan.bootstrap and node.role == "controlplane":
+            chain.append(Step("bootstrap", bootstrap_etcd, {"spec": spec}, once="bootstrap"))
+        chains[node.name] = chain
+    return chains
 
 
 @flow(name="deploy-cluster")
@@ -44,6 +69,7 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
     """
     logger = get_run_logger()
     spec = load_spec(flow_config_path(config)).with_overrides(talos_version, kubernetes_version)
+    static = check_compliance(spec)  # a weakened control stops the run before anything exists
     if dry_run:
         plan = plan_deploy(spec, observe_cluster(spec))
         for line in plan.describe(spec.name):
@@ -61,31 +87,23 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
             # a run killed after bootstrap left the cluster up but no client configs
             wait_healthy(spec)
             write_client_configs(spec)
+            publish_compliance(spec, runtime_compliance(spec, static))
             return {"cluster": spec.name, "changed": False, "dry_run": False,
                     "plan": plan.describe(spec.name)}
 
         settings = spec.spec.deployment
-        retrying = {"retries": settings.retries,
-                    "retry_delay_seconds": settings.retry_delay_seconds}
         timer = start_timer(spec, "deploy")
         run = timer.run
         try:
             with timer.stage("image"):
                 image = resolve_image(spec)
-            with timer.stage("provision") as stage:
-                held.check()
-                timer.nodes(stage, run_parallel(provision_node.with_options(**retrying), {
-                    n.name: {"spec": spec, "node": n, "image": image, "run_id": held.info.owner}
-                    for n in plan.create}, settings.max_parallel))
-            with timer.stage("configure") as stage:
-                held.check()
-                timer.nodes(stage, run_parallel(configure_node.with_options(**retrying), {
-                    n.name: {"spec": spec, "node": n} for n in plan.configure},
-                    settings.max_parallel))
-            with timer.stage("bootstrap"):
-                held.check()
-                if plan.bootstrap:
-                    bootstrap_etcd(spec)
+                preflight(spec, plan.create, image)
+            held.check()
+            spans = run_pipelines(node_pipelines(spec, plan, image, held.info.owner),
+                                  settings.max_parallel)
+            timer.pipelines(spans, order=STEPS)
+            if plan.bootstrap and not any("bootstrap" in steps for steps in spans.values()):
+                bootstrap_etcd(spec)  # every control plane was configured by an earlier run
             with timer.stage("health") as stage:
                 timer.nodes(stage, wait_healthy(spec))
             write_client_configs(spec)
@@ -98,5 +116,6 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
                 clean_up_failed(spec, held.info.owner)
             raise
     verdict = publish_timing(timer.finish("completed"))
+    publish_compliance(spec, runtime_compliance(spec, static))
     return {"cluster": spec.name, "changed": True, "dry_run": False, "verdict": verdict,
             "timing": run.rows(), "critical_path": run.critical_path(), "note": run.clock_note}

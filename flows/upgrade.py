@@ -15,6 +15,7 @@ from drover.errors import NodeFailed
 from drover.plan import UpgradePlan, plan_upgrade, refuse_downgrade
 from drover.spec import ClusterSpec
 from flows import known_spec, run_parallel, start_timer
+from tasks.compliance import check_compliance, publish_compliance, runtime_compliance
 from tasks.configure import prepare_cluster_dir
 from tasks.image import resolve_image
 from tasks.lease import hold_cluster
@@ -74,6 +75,7 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
             return Completed(message=f"skipped: {plan.describe(cluster)[0]}", data={
                 "cluster": cluster, "changed": False, "plan": plan.describe(cluster)})
 
+        static = check_compliance(target)
         snapshot_etcd(spec)
         timer = start_timer(spec, "upgrade")
         done: list[str] = []
@@ -100,5 +102,6 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
             raise
         prepare_cluster_dir(target, nodes_exist=True)  # later runs use the new versions
     verdict = publish_timing(timer.finish("completed"))
+    publish_compliance(target, runtime_compliance(target, static))
     return {"cluster": cluster, "changed": True, "upgraded": done, "verdict": verdict,
             "timing": timer.run.rows()}

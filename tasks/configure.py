@@ -7,7 +7,7 @@ from prefect.cache_policies import NONE
 
 from drover import deploy
 from drover.spec import ClusterSpec, NodeSpec
-from tasks import only_transient
+from tasks import Span, only_transient, span
 
 
 @task(name="prepare-cluster-dir", cache_policy=NONE)
@@ -19,22 +19,27 @@ def prepare_cluster_dir(spec: ClusterSpec, nodes_exist: bool) -> None:
 
 @task(name="configure-node", task_run_name="configure-{node.name}", cache_policy=NONE,
       retries=2, retry_delay_seconds=5, retry_condition_fn=only_transient)
-def configure_node(spec: ClusterSpec, node: NodeSpec) -> float:
-    seconds = deploy.configure_node(deploy.Infra.open(spec), node)
+def configure_node(spec: ClusterSpec, node: NodeSpec) -> Span:
+    """Push the node's machine config (if it has none) and wait until it runs it."""
+    infra = deploy.Infra.open(spec)
+    seconds = deploy.configure_node(infra, node)
     get_run_logger().info("%s: running its machine config after %.1fs", node.name, seconds)
-    return seconds
+    return span(infra, seconds)
 
 
 @task(name="bootstrap-etcd", cache_policy=NONE, retries=2, retry_delay_seconds=5,
       retry_condition_fn=only_transient)
-def bootstrap_etcd(spec: ClusterSpec) -> str | None:
-    node = deploy.bootstrap_etcd(deploy.Infra.open(spec))
+def bootstrap_etcd(spec: ClusterSpec) -> Span:
+    """Bootstrap etcd on the first running control plane, unless it was done before."""
+    infra = deploy.Infra.open(spec)
+    started = infra.clock.now()
+    node = deploy.bootstrap_etcd(infra)
     logger = get_run_logger()
     if node:
         logger.info("%s: etcd bootstrapped", node)
     else:
         logger.info("%s: etcd already bootstrapped; skipped", spec.name)
-    return node
+    return span(infra, infra.clock.now() - started)
 
 
 @task(name="write-client-configs", cache_policy=NONE)

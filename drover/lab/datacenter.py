@@ -11,6 +11,7 @@ snapshot (etcd.py: snapshots, EPHEMERAL wipes, bootstrap --recover-from).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import sqlite3
 
@@ -95,6 +96,24 @@ class Datacenter(LabEtcd):
                  node.size.cpus, node.size.memory_mib, node.size.disk_gib, now))
             self._event(con, now, node.name, "created")
             return self._get(con, node.name)
+
+    def shortfalls(self, names: list[str]) -> list[str]:
+        """What would stop creating `names` now: too few free addresses, names taken by a node
+        of another cluster. Empty when all of them can be made."""
+        with self.store.connect() as con:
+            used = {r[0] for r in con.execute("SELECT address FROM nodes")}
+            taken = {r["name"]: r["cluster"] for r in con.execute(
+                "SELECT name, cluster FROM nodes WHERE cluster != ?", (self.cluster,))}
+        hosts = self.network.num_addresses - (2 if self.network.version == 4 else 1)
+        free = max(0, hosts - 9) - sum(1 for a in used if ipaddress.ip_address(a) in self.network)
+        problems = []
+        if len(names) > free:
+            problems.append(f"lab network {self.network} has {free} free address(es), "
+                            f"{len(names)} node(s) to create: short by {len(names) - free}; "
+                            "widen spec.provider.network")
+        problems += [f"{name}: the name is taken by a node of cluster {taken[name]!r}"
+                     for name in names if name in taken]
+        return problems
 
     def _free_address(self, con: sqlite3.Connection) -> str:
         """The first free host address past the reserved ten; the network's hosts are walked

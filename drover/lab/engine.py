@@ -145,6 +145,9 @@ class LabEngine:
         due = None
         if new in LIFECYCLE and not (new == "booting" and self._fault("never-boots", name)):
             due = at + self._draw(LIFECYCLE[new][1], name)
+            slow = self._fault("slow-boot", name) if new == "booting" else None
+            if slow is not None:  # a slow hypervisor or image pull: the boot takes longer
+                due += slow.after_seconds
         con.execute("UPDATE nodes SET state=?, since=?, due=? WHERE name=?", (new, at, due, name))
         self._event(con, at, name, new)
         if new == "running":

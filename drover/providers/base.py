@@ -54,6 +54,12 @@ class Provider(ABC):
     def delete_node(self, name: str) -> None:
         """Delete the node; succeeds if it is already gone."""
 
+    def preflight(self, nodes: list[NodeSpec], image: str) -> list[str]:
+        """What would stop creating `nodes` from `image`, found before anything is created
+        (address pools, quotas, names, the image): one line per shortfall, naming it and by
+        how much. The default knows of none; backends check what their infrastructure tells."""
+        return []
+
     def timing_scale(self) -> tuple[float, str]:
         """How to read durations measured on this provider's clock: (scale factor, note)."""
         return 1.0, ""

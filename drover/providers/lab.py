@@ -42,6 +42,9 @@ class LabProvider(Provider):
     def delete_node(self, name: str) -> None:
         self.lab.delete(name)
 
+    def preflight(self, nodes: list[NodeSpec], image: str) -> list[str]:
+        return self.lab.shortfalls([n.name for n in nodes])
+
     def timing_scale(self) -> tuple[float, str]:
         profile = self.lab.profile
         clock = "wall-clock time" if self.clock.real else "virtual time (no real waiting)"

@@ -24,7 +24,8 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL
 
 from drover import deploy
-from drover.errors import StageTimeout
+from drover.clock import AutojumpClock, use_clock
+from drover.errors import PreflightFailed, StageTimeout
 from drover.home import cluster_dir
 from drover.machineconfig import load_secrets, to_yaml
 from drover.providers.lab import open_datacenter
@@ -215,3 +216,33 @@ def test_destroy_removes_every_node_and_the_cluster_secrets(tmp_path: Path) -> N
     assert lab_of(config).nodes() == []
     assert not (Path(os.environ["DROVER_HOME"]) / "clusters" / "t").exists()
     assert destroy_cluster(cluster="t", confirm=True)["deleted"] == []
+
+
+def test_a_slow_node_no_longer_delays_the_others_config_push(tmp_path: Path) -> None:
+    """Under exact virtual time (every wait ends in order): the other nodes' configs go in
+    while the slow node still boots; the slow node's own chain is the critical path."""
+    config = lab_config(tmp_path, faults=[{"type": "slow-boot", "node": "t-worker-2",
+                                          "afterSeconds": 90}])
+    clock = AutojumpClock()
+
+    with use_clock(clock), clock.participant():
+        result = deploy_cluster(config=config)
+
+    events = lab_of(config).events()
+    slow_booted = next(at for at, node, what in events
+                       if node == "t-worker-2" and what == "maintenance")
+    others = {node: at for at, node, what in events
+              if what == "installing" and node != "t-worker-2"}
+    assert len(others) == 4 and max(others.values()) < slow_booted  # nobody waited for it
+    assert result["critical_path"].startswith("t-worker-2: provision 1m")
+    assert {r["stage"] for r in result["timing"]} >= {"provision", "configure", "bootstrap"}
+
+
+def test_a_preflight_shortfall_names_it_and_creates_nothing(tmp_path: Path) -> None:
+    config = lab_config(tmp_path, workers=30, network="10.7.0.0/27")  # 30 hosts, 9 reserved
+
+    with pytest.raises(PreflightFailed, match=r"10.7.0.0/27 has 21 free address\(es\), 33 "
+                                              r"node\(s\) to create: short by 12"):
+        deploy_cluster(config=config)
+
+    assert lab_of(config).nodes() == [] and lab_of(config).events() == []

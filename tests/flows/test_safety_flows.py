@@ -48,7 +48,8 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[bytes]) -> No
 
 def test_a_second_deploy_while_one_runs_is_refused_by_name_and_the_first_ends_whole(
         tmp_path: Path) -> None:
-    config = lab_config(tmp_path, profile="demo", clock="system", compression=4)
+    # slow enough on the wall clock that both refusals below meet it still running
+    config = lab_config(tmp_path, profile="demo", clock="system", compression=1.5)
     first = start_deploy(config)
     lab = lab_of(config)
     wait_for(lambda: len(lab.nodes()) >= 2, first)

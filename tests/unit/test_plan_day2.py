@@ -239,7 +239,8 @@ def test_plan_replacement_refuses_the_only_control_plane_of_a_one_cp_cluster(mak
 
     with pytest.raises(QuorumError, match=(
             r"^lab-cp-1: refusing to replace the only control plane: its etcd member holds "
-            r"the cluster's state; restore etcd from a snapshot")):
+            r"the cluster's state; if it is lost, restore etcd from the latest snapshot "
+            r"\(drover recover lab\)")):
         plan_replacement(spec, observed, {"lab-cp-1": healthy}, "lab-cp-1")
 
 
