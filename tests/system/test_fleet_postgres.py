@@ -178,7 +178,7 @@ def test_a_killed_site_worker_leaves_its_clusters_not_done_and_a_rerun_finishes_
         fleet_server: dict[str, Any]) -> None:
     sites = clusters("k", 2, slow="par")
     fleet = write_fleet(fleet_server["configs"], "killed", sites, waves=[],
-                        workerTimeoutSeconds=12)
+                        workerTimeoutSeconds=15)
     worker = fleet_server["workers"]["pool-par"]["pid"]
 
     with httpx.Client(base_url=fleet_server["url"], timeout=30) as api:
