@@ -44,7 +44,9 @@ def ensure_site_deployments(sites: list[Site]) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         for site in sites:
             names[site.name] = site_deployment(site)
-            if site.work_pool:
+            if not site.work_pool:
+                continue
+            try:
                 base = client.read_deployment_by_name(site.deployment)
                 client.create_deployment(  # an upsert by (flow, name)
                     flow_id=base.flow_id, name=names[site.name].split("/", 1)[1],
@@ -55,6 +57,10 @@ def ensure_site_deployments(sites: list[Site]) -> dict[str, str]:
                     job_variables=base.job_variables, description=base.description,
                     tags=[*base.tags, f"site-{site.name}"],
                     concurrency_limit=base.concurrency_limit)
+            except Exception as exc:  # this site's clusters fail by name; the others go on
+                get_run_logger().error("site %s: no deployment on pool %s (%s: %s); start "
+                                       "its worker (drover server start --fleet FILE)",
+                                       site.name, site.work_pool, type(exc).__name__, exc)
     return names
 
 
