@@ -129,7 +129,9 @@ def worker(project: Server, system_home: Path,
     proc = subprocess.Popen(
         [*PREFECT, "worker", "start", "--pool", "drover-local", "--limit", "8"], cwd=REPO,
         env={**project.env, "DROVER_HOME": str(system_home),
-             "PREFECT_WORKER_QUERY_SECONDS": "1"},
+             "PREFECT_WORKER_QUERY_SECONDS": "1",
+             # flow runs read configs only under their config root: the tests' temp folders
+             "DROVER_CONFIG_ROOT": str(tmp_path_factory.getbasetemp())},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield log_path

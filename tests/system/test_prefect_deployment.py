@@ -48,5 +48,9 @@ def test_deploy_cluster_runs_on_a_worker_when_triggered_through_the_api(
     by_key = {a["key"]: a for a in artifacts if a["key"]}
     assert by_key["deploy-sys"]["type"] == "table"
     assert "within the 10m target" in by_key["deploy-sys-summary"]["data"]
+    # the compliance evidence of the run, as the UI's Artifacts tab shows it
+    assert by_key["compliance-sys"]["type"] == "table"
+    assert "cis-1.12" in by_key["compliance-sys-report"]["data"]
+    assert "1.2.15" in by_key["compliance-sys-report"]["data"]
     nodes = open_datacenter(load_spec(config)).nodes()
     assert len(nodes) == 5 and all(n.ready for n in nodes)
