@@ -65,9 +65,11 @@ class Infra:
                    LabKube(spec, datacenter))
 
     def wait(self, check: Callable[[], object | None], timeout: float,
-             on_timeout: Callable[[], Exception]) -> object:
+             on_timeout: Callable[[], Exception], node: str | None = None) -> object:
+        """Poll `check` until it returns something, sleeping until the provider's next change;
+        with `node`, only changes that concern that node wake it (not every node's boot)."""
         return retry.poll_until(check, clock=self.clock, timeout=timeout, on_timeout=on_timeout,
-                                next_change=self.provider.next_change_at)
+                                next_change=lambda: self.provider.next_change_at(node))
 
 
 def observe(infra: Infra) -> Observed:
@@ -113,7 +115,7 @@ def provision_node(infra: Infra, node: NodeSpec, image: str, run_id: str | None 
 
     infra.wait(booted, timeout, lambda: StageTimeout(
         "provision", node.name, f"did not reach maintenance mode within {timeout:.0f}s "
-        f"(still {infra.talos.machine_status(created).stage})"))
+        f"(still {infra.talos.machine_status(created).stage})"), node=node.name)
     return infra.clock.now() - started
 
 
@@ -143,7 +145,7 @@ def configure_node(infra: Infra, node: NodeSpec) -> float:
 
     infra.wait(running, timeout, lambda: StageTimeout(
         "configure", node.name, f"not running its config within {timeout:.0f}s "
-        f"(still {infra.talos.machine_status(target).stage})"))
+        f"(still {infra.talos.machine_status(target).stage})"), node=node.name)
     return infra.clock.now() - started
 
 

@@ -43,7 +43,8 @@ def wait_etcd_full(infra: Infra, node: str, timeout: float) -> None:
         return (health.healthy_members() == len(health.members) == want) or None
 
     infra.wait(full, timeout, lambda: StageTimeout(
-        "post-check", node, f"etcd not back to {want} healthy members within {timeout:.0f}s"))
+        "post-check", node, f"etcd not back to {want} healthy members within {timeout:.0f}s"),
+        node=node)
 
 
 def wait_back(infra: Infra, name: str, timeout: float, stage: str) -> MachineStatus:
@@ -56,7 +57,7 @@ def wait_back(infra: Infra, name: str, timeout: float, stage: str) -> MachineSta
 
     return infra.wait(back, timeout, lambda: StageTimeout(  # type: ignore[return-value]
         stage, name, f"not back and Ready within {timeout:.0f}s "
-        f"(still {infra.talos.machine_status(node).stage})"))
+        f"(still {infra.talos.machine_status(node).stage})"), node=name)
 
 
 def upgrade_node(infra: Infra, name: str, image: str, talos_version: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,19 @@ from drover.spec import ClusterSpec
 from drover.timing import History, RunTiming, StageTimer
 
 
-def gather(futures: dict[str, PrefectFuture[Any]]) -> dict[str, Any]:
+def gather(futures: dict[str, PrefectFuture[Any]],
+           tickets: dict[str, Ticket] | None = None) -> dict[str, Any]:
     """Wait for every future, then return their results or raise the first failure.
 
     Every future is resolved with .result() (never only .wait()), so a failed
-    task fails the flow; all of them finish first, so nothing runs on unseen.
+    task fails the flow; all of them finish first, so nothing runs on unseen. With the
+    futures' `tickets` (clock.expect), this thread waits through the clock, so virtual time
+    moves only while every task waits.
     """
-    wait(list(futures.values()))
+    clock = current_clock()
+    clock.wait_for(list((tickets or {}).values()))
+    with clock.blocked():
+        wait(list(futures.values()))
     results, errors = {}, []
     for name, future in futures.items():
         try:
@@ -38,16 +45,60 @@ def gather(futures: dict[str, PrefectFuture[Any]]) -> dict[str, Any]:
     return results
 
 
-def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]],
-                 max_workers: int) -> dict[str, Any]:
-    """Run `task` once per named set of parameters, at most `max_workers` at a time.
+def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]], max_workers: int, *,
+                 stop_on_failure: bool = False, before_start: Callable[[], None] | None = None,
+                 on_result: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+    """Run `task` once per named set of parameters, at most `max_workers` at a time: a
+    sliding window, the next run starting the moment any one ends (never batch by batch).
 
-    The bound comes from Prefect's own thread-pool task runner; results come back
-    by name, or the first failure is raised once every run has finished.
+    Results come back by name, or the first failure is raised once every started run has
+    finished. `stop_on_failure`: after a failure nothing new starts (a rolling upgrade
+    stops at its first failed node). `before_start` is called before each run starts (a
+    lease check: what it raises counts as a failure); `on_result(name, result)` after each
+    run that succeeded, in the order they ended. Under an exact virtual clock each run is
+    announced when it is submitted and this thread waits through the clock; runs waiting
+    for a slot are not announced (they could not start without time passing).
     """
+    clock = current_clock()
+    queue: deque[str] = deque(calls)
+    results: dict[str, Any] = {}
+    errors: list[Exception] = []
+    pending: dict[PrefectFuture[Any], tuple[str, Ticket]] = {}
     with ThreadPoolTaskRunner(max_workers=max_workers) as runner:
-        return gather({name: runner.submit(task, parameters=params)
-                       for name, params in calls.items()})
+
+        def fill() -> None:
+            while queue and len(pending) < max_workers and not (errors and stop_on_failure):
+                try:
+                    if before_start is not None:
+                        before_start()
+                except Exception as exc:  # nothing more may start
+                    errors.append(exc)
+                    queue.clear()
+                    return
+                name = queue.popleft()
+                ticket = clock.expect(name)
+                with ticket.carried():
+                    future = runner.submit(task, parameters=calls[name])
+                future.add_done_callback(ticket.close)
+                pending[future] = (name, ticket)
+
+        fill()
+        while pending:
+            clock.wait_for([ticket for _, ticket in pending.values()], first=True)
+            with clock.blocked():
+                done = next(as_completed(list(pending)))
+            name, _ = pending.pop(done)
+            try:
+                results[name] = done.result()
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                if on_result is not None:
+                    on_result(name, results[name])
+            fill()
+    if errors:
+        raise errors[0]
+    return {name: results[name] for name in calls if name in results}
 
 
 @dataclass(frozen=True)

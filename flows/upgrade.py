@@ -1,5 +1,6 @@
-"""upgrade-cluster: control planes one at a time, then workers in batches of
-max_unavailable (cordon → drain → upgrade → Ready → uncordon), then Kubernetes.
+"""upgrade-cluster: control planes one at a time, then workers in a sliding window of
+max_unavailable (cordon → drain → upgrade → Ready → uncordon; the next worker starts the
+moment one ends, not batch by batch), then Kubernetes.
 Holds the cluster's lease; an etcd snapshot is taken first. A failed node stops the run;
 a re-run continues where it stopped. A lower version is refused unless allowed."""
 
@@ -26,13 +27,15 @@ from tasks.upgrade import uncordon_nodes, upgrade_kubernetes, upgrade_node
 
 
 def plan_for(spec: ClusterSpec, target: ClusterSpec, max_unavailable: int | None,
-             allow_downgrade: bool) -> UpgradePlan:
+             allow_downgrade: bool) -> tuple[UpgradePlan, list[str]]:
+    """The plan, and the control planes among its nodes (upgraded one at a time)."""
     observed = observe_cluster(spec)
     versions = target.spec
     refuse_downgrade(spec.name, observed, versions.talos.version, versions.kubernetes.version,
                      allow_downgrade)
-    return plan_upgrade(observed, versions.talos.version, versions.kubernetes.version,
+    plan = plan_upgrade(observed, versions.talos.version, versions.kubernetes.version,
                         max_unavailable or spec.spec.upgrade.max_unavailable)
+    return plan, [n.name for n in observed.nodes.values() if n.role == "controlplane"]
 
 
 @flow(name="upgrade-cluster")
@@ -57,14 +60,14 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
     spec = known_spec(cluster)
     target = spec.with_overrides(talos_version, kubernetes_version)
     if dry_run:
-        plan = plan_for(spec, target, max_unavailable, allow_downgrade)
+        plan, _ = plan_for(spec, target, max_unavailable, allow_downgrade)
         for line in plan.describe(cluster):
             logger.info("dry run: %s", line)
         return {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
 
     with hold_cluster(spec, "upgrade", if_busy=if_busy, wait_seconds=wait_seconds) as held:
         prepare_cluster_dir(spec, nodes_exist=True)  # missing secrets stop it here, first
-        plan = plan_for(spec, target, max_unavailable, allow_downgrade)
+        plan, control_planes = plan_for(spec, target, max_unavailable, allow_downgrade)
         for line in plan.describe(cluster):
             logger.info(line)
         if plan.not_running and not plan.empty:
@@ -79,16 +82,28 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
         snapshot_etcd(spec)
         timer = start_timer(spec, "upgrade")
         done: list[str] = []
+
+        def node_call(name: str) -> dict[str, Any]:
+            return {"spec": spec, "name": name, "image": image,
+                    "talos_version": plan.talos_version}
+
         try:
             uncordon_nodes(spec, plan.uncordon)
             image = resolve_image(target)
-            for batch in plan.batches:
+            order = [name for batch in plan.batches for name in batch]
+            workers = [name for name in order if name not in control_planes]
+            for name in [n for n in order if n in control_planes]:  # etcd: one at a time
                 held.check()
-                with timer.stage(f"upgrade {' '.join(batch)}") as stage:
-                    timer.nodes(stage, run_parallel(upgrade_node, {name: {
-                        "spec": spec, "name": name, "image": image,
-                        "talos_version": plan.talos_version} for name in batch}, len(batch)))
-                done += batch
+                with timer.stage(f"upgrade {name}") as stage:
+                    timer.nodes(stage, run_parallel(upgrade_node, {name: node_call(name)}, 1))
+                done.append(name)
+            if workers:
+                window = max_unavailable or spec.spec.upgrade.max_unavailable
+                with timer.stage(f"upgrade workers ({window} at a time)") as stage:
+                    timer.nodes(stage, run_parallel(
+                        upgrade_node, {name: node_call(name) for name in workers}, window,
+                        stop_on_failure=True, before_start=held.check,
+                        on_result=lambda name, _: done.append(name)))
             if plan.kubernetes_version:
                 with timer.stage("kubernetes"):
                     upgrade_kubernetes(spec, plan.kubernetes_version)

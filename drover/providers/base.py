@@ -64,8 +64,9 @@ class Provider(ABC):
         """How to read durations measured on this provider's clock: (scale factor, note)."""
         return 1.0, ""
 
-    def next_change_at(self) -> float | None:
-        """When something is next due to change; None when the backend cannot know."""
+    def next_change_at(self, node: str | None = None) -> float | None:
+        """When something is next due to change (with `node`: something that can change what
+        that node reports); None when the backend cannot know."""
         return None
 
 

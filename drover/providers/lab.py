@@ -54,8 +54,8 @@ class LabProvider(Provider):
                                          "back up")
         return 1.0, f"lab, {profile.name} profile, {clock}"
 
-    def next_change_at(self) -> float | None:
-        due = self.lab.next_change_at()
+    def next_change_at(self, node: str | None = None) -> float | None:
+        due = self.lab.next_change_at(node)
         return math.inf if due is None else due
 
 

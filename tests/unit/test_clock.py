@@ -6,7 +6,6 @@ nothing sleeps; a broken clock fails fast through a short stall_seconds, never h
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -245,12 +244,9 @@ def chain_seconds(dc: Datacenter, node: str) -> float:
 
 
 def node_infra(spec: ClusterSpec, dc: Datacenter, node: str) -> Infra:
-    """Backends whose waits wake only for changes that concern `node` (the wiring proposed
-    for Infra.wait: a wait for one node passes its name to next_change_at)."""
-    infra = Infra.on_lab(spec, dc)
-    infra.provider.next_change_at = lambda: (  # type: ignore[method-assign]
-        math.inf if (due := dc.next_change_at(node)) is None else due)
-    return infra
+    """Backends for `node`'s pipeline: its waits wake only for changes that concern it
+    (Infra.wait passes the node's name to next_change_at)."""
+    return Infra.on_lab(spec, dc)
 
 
 def test_a_parallel_lab_deploy_takes_its_critical_path_in_milliseconds(
