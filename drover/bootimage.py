@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from drover.imagefactory_http import _locked
 from drover.statefile import check_private, private_dir
 
 log = logging.getLogger(__name__)
+
+_files_lock = threading.Lock()
+_verified_files: dict[tuple[str, int, int, str | None], str] = {}   # (path, size, mtime) -> sha
 
 
 class BootImageMismatch(DroverError, ValueError):
@@ -44,6 +48,23 @@ def verify_file(path: Path, expected: str | None, field: str) -> str:
                                 "nothing was uploaded. Use the file that was pinned, or pin "
                                 "this one after checking where it came from")
     return digest
+
+
+def verified_file(path: Path, pin: str | None, field: str) -> tuple[Path, str]:
+    """(path, sha256) checked against `pin`; hashed once per process while unchanged."""
+    try:
+        info = path.stat()
+        key = (str(path), info.st_size, info.st_mtime_ns, pin)
+    except OSError:
+        key = None  # verify_file says what is wrong with it
+    with _files_lock:
+        known = _verified_files.get(key) if key else None
+    if known is None:
+        known = verify_file(path, pin, field)
+        if key:
+            with _files_lock:
+                _verified_files[key] = known
+    return path, known
 
 
 def fetch_boot_image(factory: ImageFactory, url: str, expected: str | None,

@@ -65,6 +65,7 @@ def _open(target: SshTarget, private_key: str | None, timeout: float) -> Connect
     if known_hosts.exists():
         client.load_system_host_keys(str(known_hosts))  # paramiko never writes these back
     client.set_missing_host_key_policy(_RejectUnknown(target, known_hosts))
+    opened_at, started = time.time(), time.monotonic()
     try:
         client.connect(target.host, target.port, target.user, pkey=pkey,
                        allow_agent=pkey is None, look_for_keys=False, timeout=timeout,
@@ -85,7 +86,7 @@ def _open(target: SshTarget, private_key: str | None, timeout: float) -> Connect
         if isinstance(exc, OSError | EOFError | paramiko.SSHException):
             raise SshUnavailable(f"{label}: {exc or exc.__class__.__name__}") from exc
         raise
-    connection = Connection(target, client)
+    connection = Connection(target, client, opened_at, time.monotonic() - started)
     transport = connection.transport
     # without it, each channel request waits out a delayed ACK (~40 ms a command)
     transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -98,8 +99,11 @@ def _open(target: SshTarget, private_key: str | None, timeout: float) -> Connect
 class Connection:
     """An authenticated session to one host; threads share it, one channel per command."""
 
-    def __init__(self, target: SshTarget, client: paramiko.SSHClient) -> None:
+    def __init__(self, target: SshTarget, client: paramiko.SSHClient, opened_at: float = 0.0,
+                 connect_seconds: float = 0.0) -> None:
         self.target, self.label, self._client = target, _label(target), client
+        # when the handshake began (wall clock) and how long it and authentication took
+        self.opened_at, self.connect_seconds = opened_at, connect_seconds
 
     @property
     def transport(self) -> paramiko.Transport:
@@ -171,10 +175,12 @@ class Connection:
         result = self.run(["sha256sum", "--", remote], timeout)
         return result.stdout.split()[0].lstrip("\\")  # '\' flags an escaped file name
 
-    def upload(self, local: Path, remote: str, timeout: float = 300.0) -> Upload:
+    def upload(self, local: Path, remote: str, timeout: float = 300.0,
+               mode: int | None = None) -> Upload:
         """Copy `local` to `remote` by SFTP through `<remote>.part`, renamed once its sha256
         matches; skipped when `remote` already matches, resumed when the .part is a prefix.
-        `timeout` bounds each step (a remote hash, an SFTP request), not the whole copy."""
+        `timeout` bounds each step (a remote hash, an SFTP request), not the whole copy.
+        `mode` is set on the .part before any byte is written, so it holds on `remote`."""
         local = Path(local)
         size, digest = local.stat().st_size, _sha256_file(local)
         part = f"{remote}.part"
@@ -182,6 +188,8 @@ class Connection:
             with self._client.open_sftp() as sftp:
                 sftp.get_channel().settimeout(timeout)
                 if _size(sftp, remote) == size and self.sha256(remote, timeout) == digest:
+                    if mode is not None:
+                        sftp.chmod(remote, mode)
                     log.info("%s: %s already there (sha256 %s)", self.label, remote, digest)
                     return Upload(remote, digest, skipped=True, transferred=0, resumed_from=0)
                 offset = _size(sftp, part) or 0
@@ -191,6 +199,8 @@ class Connection:
                 with (local.open("rb") as source,
                       sftp.open(part, "r+b" if offset else "wb") as target):
                     target.set_pipelined(True)
+                    if mode is not None:
+                        target.chmod(mode)
                     source.seek(offset)
                     target.seek(offset)
                     while chunk := source.read(_CHUNK):

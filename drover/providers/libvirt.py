@@ -1,16 +1,19 @@
 """The libvirt provider: nodes are QEMU/KVM domains on hosts reached over SSH.
 
-Everything runs on the hosts through drover.ssh (host keys verified): `virsh` for
-domains, `qemu-img` for disks. A boot image (spec.provider.bootImage, or the Talos
+Everything runs on the hosts through drover.ssh (host keys verified, one pooled connection
+per host shared by every node): `virsh` for domains, `qemu-img` for disks
+(drover/providers/libvirt_host.py). A boot image (spec.provider.bootImage, or the Talos
 nocloud qcow2 from the Image Factory) is checked by sha256 (drover.bootimage: pinned by
-bootImageSha256, else trusted on first download) and uploaded once per host and hash; each
-node's disk is a qcow2 overlay on it (no full copy). Its machine config rides on a
-cidata disk (Talos nocloud `user-data` + `meta-data`) built here and uploaded 0600, or,
-with configDelivery: api, goes over the Talos API in maintenance mode. Each domain
-records drover's cluster and node in its metadata, so list_nodes finds exactly this
-cluster's domains; a leftover domain of an earlier run is adopted, a foreign one of the
-same name refused. Addresses come from the DHCP lease, then ARP, then the address the
-node prints on its serial console; none within the timeout is an error, never a success.
+bootImageSha256, else trusted on first download) and uploaded once per host and hash, the
+files and hosts in parallel; each node's disk is a qcow2 overlay on it (no full copy). Its
+machine config rides on a cidata disk (Talos nocloud `user-data` + `meta-data`) built
+here and written 0600 from its first byte, or, with configDelivery: api, goes over the
+Talos API in maintenance mode. Each domain records drover's cluster and node in its
+metadata, so list_nodes finds exactly this cluster's domains; a leftover domain of an
+earlier run is adopted, a foreign one of the same name refused. The address comes from the
+node's serial console (waited for on the host, no polling from here), or on a libvirt
+network from the DHCP lease, ARP, then the console; none within the timeout is an error.
+Every call is timed per node and step (drover/steps.py).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import re
 import subprocess
 import tempfile
 import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
 
 from drover import retry
-from drover.bootimage import BootImageMismatch, fetch_boot_image, verify_file
+from drover.bootimage import fetch_boot_image, verified_file
 from drover.errors import NodeNotFound, ProviderError, StageTimeout
 from drover.home import cluster_dir
 from drover.imagefactory import ImageFactory
@@ -33,19 +37,18 @@ from drover.machineconfig import load_secrets, render_node_yaml
 from drover.provider_settings import LibvirtProvider as LibvirtSettings
 from drover.provider_settings import SshTarget
 from drover.providers.base import Node, Provider, register
+from drover.providers.libvirt_host import NAMESPACE, Domain, Host, domain_xml
 from drover.spec import ClusterSpec, NodeSpec, split_node_name
-from drover.ssh import CommandFailed, Connection, connect
+from drover.ssh import CommandTimeout
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "https://drover.dev/xmlns/node/1"
-_ADDRESS = re.compile(r"\binet (\d+\.\d+\.\d+\.\d+)/\d+")   # `ip addr` on the console
-_LEASE = re.compile(r"ipv4\s+(\d+\.\d+\.\d+\.\d+)/\d+")     # `virsh domifaddr`
-COMMAND_TIMEOUT = 120.0
-# libvirt may re-probe QEMU's capabilities when it defines a domain: tens of seconds each,
-# one at a time, so parallel provisioning of a few nodes can queue for minutes
+ADDRESS = r"inet [0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+"   # `ip addr` on the console
+_LEASE = re.compile(r"ipv4\s+(\d+\.\d+\.\d+\.\d+)/\d+")       # `virsh domifaddr`
+# a warm define takes well under a second; tens of seconds mean libvirt probes QEMU again on
+# every lookup, as when /dev/kvm's permissions disagree with what the probe found
+SLOW_DEFINE = 5.0
 DEFINE_TIMEOUT = 600.0
-
 
 class Libvirt(Provider):
     kind = "libvirt"
@@ -59,16 +62,11 @@ class Libvirt(Provider):
         self.storage = settings.storage_dir.rstrip("/")
         self._verified: dict[str, tuple[Path, str]] = {}
         self._verify_lock = threading.Lock()
+        self._look = 0.0  # seconds until a wait looks again (see next_change_at)
 
-    # ---- hosts and commands ------------------------------------------------------------
-    def _host(self, target: SshTarget) -> Connection:
-        return retry.call(retry.api_call(self.clock), connect, target)
-
-    def _virsh(self, target: SshTarget, *args: str, check: bool = True,
-               timeout: float = COMMAND_TIMEOUT) -> str:
-        result = self._host(target).run(["virsh", "-q", "-c", self.settings.uri, *args],
-                                        timeout, check=check)
-        return result.stdout if result.exit_status == 0 else ""
+    # ---- hosts -------------------------------------------------------------------------
+    def _host(self, target: SshTarget) -> Host:
+        return Host(target, self.settings.uri, self.spec.name, self.clock)
 
     def _target_for(self, name: str) -> SshTarget:
         """Spread nodes over the hosts by their number, the same answer in every process."""
@@ -78,114 +76,114 @@ class Libvirt(Provider):
     def _folder(self) -> str:
         return f"{self.storage}/{self.spec.name}"
 
-    # ---- images ----------------------------------------------------------------------
-    def _upload_once(self, target: SshTarget, local: Path, digest: str) -> str:
-        """Upload `local` (sha256 `digest`, verified) to the host's base folder under its
-        content hash; skip if there. The host's copy must hash to `digest` too."""
-        remote = f"{self.storage}/base/{digest[:16]}-{local.name}"
-        host = self._host(target)
-        host.run(["mkdir", "-p", f"{self.storage}/base"], COMMAND_TIMEOUT)
-        sent = host.upload(local, remote)
-        if sent.sha256 != digest:  # the local file changed after it was verified
-            raise BootImageMismatch(f"{local}: changed while drover was uploading it to "
-                                    f"{target.host} (sha256 {sent.sha256}, verified {digest})")
-        host.run(["chmod", "0644", remote], COMMAND_TIMEOUT)  # qemu reads it as its own user
-        return remote
+    def _console(self, name: str) -> str:
+        return f"{self._folder()}/{name}.console.log"
 
+    # ---- images ----------------------------------------------------------------------
     def _boot_disk(self) -> tuple[Path, str]:
         """The local boot disk and its sha256: spec.provider.bootImage, or the Talos nocloud
         qcow2 of the spec's schematic and version from the Image Factory (downloaded once,
         cached); checked against bootImageSha256, else trusted on first download."""
         pin = self.settings.boot_image_sha256
         if self.settings.boot_image:
-            path = Path(self.settings.boot_image).expanduser()
-            return path, verify_file(path, pin, "spec.provider.bootImageSha256")
+            return verified_file(Path(self.settings.boot_image).expanduser(), pin,
+                                  "spec.provider.bootImageSha256")
         with ImageFactory.for_spec(self.spec) as factory:
             schematic = factory.create_schematic(self.spec)
             return fetch_boot_image(factory, factory.disk_image_url(
                 schematic, self.spec.spec.talos.version, platform="nocloud", suffix="qcow2"), pin)
 
     def _local_files(self) -> dict[str, tuple[Path, str]]:
-        """The boot files to upload with their verified sha256, worked out once per provider."""
+        """The boot files to upload with their verified sha256, worked out once per provider
+        (a local file's hash once per process, while its size and mtime stay)."""
         with self._verify_lock:
             if not self._verified:
                 self._verified = {"base": self._boot_disk(), **{
-                    key: self._direct_boot_file(key) for key in ("kernel", "initrd")
-                    if getattr(self.settings, key)}}
+                    key: verified_file(Path(getattr(self.settings, key)).expanduser(),
+                                        getattr(self.settings, f"{key}_sha256"),
+                                        f"spec.provider.{key}Sha256")
+                    for key in ("kernel", "initrd") if getattr(self.settings, key)}}
             return self._verified
 
-    def _direct_boot_file(self, key: str) -> tuple[Path, str]:
-        path, pin = Path(getattr(self.settings, key)).expanduser(), f"{key}_sha256"
-        return path, verify_file(path, getattr(self.settings, pin), f"spec.provider.{key}Sha256")
-
     def _boot_files(self, target: SshTarget) -> dict[str, str]:
-        return {key: self._upload_once(target, path, digest)
-                for key, (path, digest) in self._local_files().items()}
+        host, files = self._host(target), self._local_files()
+        with ThreadPoolExecutor(len(files)) as pool:  # one SFTP channel per file
+            remote = {key: pool.submit(host.upload_once, path, digest, f"{self.storage}/base")
+                      for key, (path, digest) in files.items()}
+            return {key: future.result() for key, future in remote.items()}
 
     def prepare_image(self, image: str) -> str:
-        for target in self.settings.hosts:
-            self._boot_files(target)
+        self._local_files()
+        hosts = self.settings.hosts
+        with ThreadPoolExecutor(len(hosts)) as pool:
+            for done in [pool.submit(self._boot_files, target) for target in hosts]:
+                done.result()
         return image  # the installer image Talos installs and upgrades from
 
     # ---- nodes -----------------------------------------------------------------------
-    def _owner(self, target: SshTarget, name: str) -> str | None:
-        """The cluster recorded in domain `name`'s metadata; '' if it has none; None if absent."""
-        host = self._host(target)
-        state = host.run(["virsh", "-q", "-c", self.settings.uri, "domstate", name],
-                         COMMAND_TIMEOUT, check=False)
-        if state.exit_status != 0:
-            return None
-        meta = self._virsh(target, "metadata", name, NAMESPACE, check=False)
-        found = re.search(r'cluster="([^"]*)"', meta)
-        return found.group(1) if found else ""
+    def _domain(self, host: Host, name: str) -> Domain | None:
+        return host.domains([name], NAMESPACE).get(name)
 
-    def _node(self, target: SshTarget, name: str) -> Node:
-        meta = self._virsh(target, "metadata", name, NAMESPACE)
-        attrs = dict(re.findall(r'(\w+)="([^"]*)"', meta))
-        state = self._virsh(target, "domstate", name).strip() or "unknown"
-        uuid = self._virsh(target, "domuuid", name).strip()
-        return Node(name, attrs.get("cluster", ""), attrs.get("role", ""), attrs.get("pool", ""),
-                    state, self._address(target, name) if state == "running" else "", uuid)
+    def _as_node(self, host: Host, domain: Domain, address: str | None = None) -> Node:
+        meta = domain.meta
+        if address is None:
+            address = self._addresses(host, [domain]).get(domain.name, "")
+        return Node(domain.name, meta.get("cluster", ""), meta.get("role", ""),
+                    meta.get("pool", ""), domain.state, address, domain.uuid)
 
     def create_node(self, node: NodeSpec, image: str) -> Node:
-        target = self._target_for(node.name)
-        owner = self._owner(target, node.name)
+        host = self._host(self._target_for(node.name))
+        found = self._domain(host, node.name)
+        owner = None if found is None else found.meta.get("cluster", "")
         if owner is not None and owner != self.spec.name:
-            raise ProviderError(f"{node.name}: a domain of that name exists on {target.host} and "
-                                f"is not a node of drover cluster {self.spec.name} (metadata: "
-                                f"{owner or 'none'}); rename or remove it")
-        if owner is None:
-            self._define(target, node, self._boot_files(target))
-        if self._virsh(target, "domstate", node.name).strip() != "running":
-            log.info("%s: starting domain on %s", node.name, target.host)
-            self._virsh(target, "start", node.name)
-        timeout = self.settings.address_timeout_seconds
-        retry.poll_until(lambda: self._address(target, node.name) or None, clock=self.clock,
-                         timeout=timeout, interval=2.0, on_timeout=lambda: StageTimeout(
-                             "provision", node.name, f"no address within {timeout:.0f}s (no "
-                             "DHCP lease, ARP entry or address on the console)"))
-        return self._node(target, node.name)
+            raise ProviderError(f"{node.name}: a domain of that name exists on "
+                                f"{host.target.host} and is not a node of drover cluster "
+                                f"{self.spec.name} (metadata: {owner or 'none'}); rename or "
+                                "remove it")
+        if found is None:
+            found = self._define(host, node, self._boot_files(host.target))
+        if found.state != "running":
+            log.info("%s: starting domain on %s", node.name, host.target.host)
+            with host.timed(node.name, "start"):
+                host.virsh("start", node.name)
+        address = self._await_address(host, node.name)
+        return self._as_node(host, Domain(node.name, "running", found.uuid, found.meta), address)
 
-    def _define(self, target: SshTarget, node: NodeSpec, boot: dict[str, str]) -> None:
-        host, folder = self._host(target), self._folder()
+    def _define(self, host: Host, node: NodeSpec, boot: dict[str, str]) -> Domain:
+        folder = self._folder()
         disk, cidata = f"{folder}/{node.name}.qcow2", f"{folder}/{node.name}-cidata.iso"
-        host.run(["mkdir", "-p", folder], COMMAND_TIMEOUT)
-        host.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", boot["base"], "-F", "qcow2",
-                  disk, f"{node.size.disk_gib}G"], COMMAND_TIMEOUT)
-        if self.settings.config_delivery == "cidata":
-            with tempfile.TemporaryDirectory() as tmp:
-                host.upload(self._cidata(Path(tmp), node), cidata)
-            host.run(["chmod", "0600", cidata], COMMAND_TIMEOUT)  # it holds the node's secrets
-        else:
+        if self.settings.config_delivery != "cidata":
             cidata = ""  # the config goes over the Talos API in maintenance mode
-        xml = f"{folder}/{node.name}.xml"
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / "domain.xml"
-            local.write_text(self._domain_xml(node, disk, cidata, boot))
-            host.upload(local, xml)
-        self._virsh(target, "define", xml, timeout=DEFINE_TIMEOUT)
-        log.info("%s: domain defined on %s (overlay on %s)", node.name, target.host,
+        with ThreadPoolExecutor(1) as pool:  # the cidata disk is built while the overlay is
+            built = pool.submit(self._send_cidata, host, node, cidata) if cidata else None
+            with host.timed(node.name, "qemu-img"):  # and no console left by an earlier domain
+                host.run(["sh", "-c", 'mkdir -p "$1" && rm -f "$5" && exec qemu-img create -q '
+                          '-f qcow2 -b "$2" -F qcow2 "$3" "$4"', "sh", folder, boot["base"],
+                          disk, f"{node.size.disk_gib}G", self._console(node.name)])
+            if built is not None:
+                built.result()
+        domain_uuid = str(uuid.uuid4())
+        xml = self._domain_xml(node, disk, cidata, boot, domain_uuid)
+        with host.timed(node.name, "define"):
+            started = self.clock.now()
+            host.virsh("define", "/dev/stdin", stdin=xml.encode(), timeout=DEFINE_TIMEOUT)
+        took = self.clock.now() - started
+        if took > SLOW_DEFINE:
+            log.warning("%s: `virsh define` took %.1fs on %s (a warm define takes well under a "
+                        "second): libvirt is probing QEMU's capabilities again on every "
+                        "lookup. Its debug log says why; a common cause is /dev/kvm readable "
+                        "by root only (udev makes it root:kvm 0660)", node.name, took,
+                        host.target.host)
+        log.info("%s: domain defined on %s (overlay on %s)", node.name, host.target.host,
                  boot["base"].rsplit("/", 1)[-1])
+        return Domain(node.name, "shut off", domain_uuid, {"cluster": self.spec.name,
+                      "node": node.name, "role": node.role, "pool": node.pool})
+
+    def _send_cidata(self, host: Host, node: NodeSpec, remote: str) -> None:
+        with host.timed(node.name, "cidata"), tempfile.TemporaryDirectory() as tmp:
+            iso = self._cidata(Path(tmp), node)
+            host.run(["mkdir", "-p", self._folder()])
+            host.write_private(remote, iso.read_bytes())
 
     def _cidata(self, folder: Path, node: NodeSpec) -> Path:
         """A nocloud cidata disk: the node's machine config as user-data (file mode 0600)."""
@@ -200,90 +198,101 @@ class Libvirt(Provider):
         iso.chmod(0o600)
         return iso
 
-    def _domain_xml(self, node: NodeSpec, disk: str, cidata: str, boot: dict[str, str]) -> str:
-        name = escape(node.name)
-        kernel = ""
-        if "kernel" in boot:
-            kernel = (f"<kernel>{escape(boot['kernel'])}</kernel>"
-                      + (f"<initrd>{escape(boot['initrd'])}</initrd>" if "initrd" in boot else "")
-                      + f"<cmdline>{escape(self.settings.cmdline)}</cmdline>")
-        network = self.settings.network
-        nic = ("<interface type='user'><model type='virtio'/></interface>" if network == "user"
-               else f"<interface type='network'><source network={quoteattr(network)}/>"
-                    "<model type='virtio'/></interface>")
-        console = f"{self._folder()}/{node.name}.console.log"
-        cidata_disk = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
-                       f"<source file={quoteattr(cidata)}/><target dev='vdb' bus='virtio'/>"
-                       "<readonly/></disk>") if cidata else ""
-        return f"""<domain type='{self.settings.domain_type}'>
-  <name>{name}</name>
-  <metadata><drover:node xmlns:drover='{NAMESPACE}' cluster={quoteattr(self.spec.name)}
-    node={quoteattr(node.name)} role={quoteattr(node.role)} pool={quoteattr(node.pool)}/>
-  </metadata>
-  <memory unit='MiB'>{node.size.memory_mib}</memory>
-  <vcpu>{node.size.cpus}</vcpu>
-  <os><type arch='x86_64'>hvm</type>{kernel}<boot dev='hd'/></os>
-  <features><acpi/></features>
-  <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-      <source file={quoteattr(disk)}/><target dev='vda' bus='virtio'/></disk>
-    {cidata_disk}
-    {nic}
-    <serial type='file'><source path={quoteattr(console)}/><target port='0'/></serial>
-    <console type='file'><source path={quoteattr(console)}/>
-      <target type='serial' port='0'/></console>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+    def _domain_xml(self, node: NodeSpec, disk: str, cidata: str, boot: dict[str, str],
+                    domain_uuid: str | None = None) -> str:
+        return domain_xml(self.spec.name, self.settings, node, disk, cidata, boot,
+                          self._console(node.name), domain_uuid or str(uuid.uuid4()))
 
-    def _address(self, target: SshTarget, name: str) -> str:
-        for source in ("lease", "arp"):
-            found = _LEASE.search(self._virsh(target, "domifaddr", name, "--source", source,
-                                              check=False))
-            if found:
-                return found.group(1)
-        log_file = f"{self._folder()}/{name}.console.log"
-        console = self._host(target).run(["cat", log_file], COMMAND_TIMEOUT, check=False)
-        found = _ADDRESS.findall(console.stdout)
-        return found[-1] if found else ""
+    def _await_address(self, host: Host, name: str) -> str:
+        """Wait for the node's first console line, then for its address."""
+        timeout = self.settings.address_timeout_seconds
+        deadline = self.clock.now() + timeout
+
+        def timed_out() -> StageTimeout:
+            return StageTimeout("provision", name, f"no address within {timeout:.0f}s (no DHCP "
+                                "lease, ARP entry or address on the console)")
+        try:
+            with host.timed(name, "first console line"):
+                host.await_console(self._console(name), None, timeout)
+            with host.timed(name, "address"):
+                if self.settings.network == "user":  # no lease or ARP entry to ask libvirt for
+                    found = host.await_console(self._console(name), ADDRESS,
+                                               max(1.0, deadline - self.clock.now())).split()
+                    return found[-1].split("/")[0]
+                running = Domain(name, "running", "", {})
+                return retry.poll_until(
+                    lambda: self._addresses(host, [running]).get(name) or None,
+                    clock=self.clock, timeout=max(1.0, deadline - self.clock.now()),
+                    interval=0.5, on_timeout=timed_out)
+        except CommandTimeout:
+            raise timed_out() from None
+
+    def _addresses(self, host: Host, domains: list[Domain]) -> dict[str, str]:
+        """Each running domain's address: DHCP lease, then ARP, then its serial console."""
+        running = [d.name for d in domains if d.state == "running"]
+        found: dict[str, str] = {}
+        if self.settings.network != "user":
+            answers = host.virsh_batch({f"{source}:{n}": ["domifaddr", n, "--source", source]
+                                        for n in running for source in ("lease", "arp")})
+            for name in running:
+                for source in ("lease", "arp"):
+                    match = _LEASE.search(answers[f"{source}:{name}"])
+                    if match and name not in found:
+                        found[name] = match.group(1)
+        rest = {n: self._console(n) for n in running if n not in found}
+        for name, lines in host.grep_consoles(rest, ADDRESS).items():
+            if lines:
+                found[name] = lines[-1].split()[-1].split("/")[0]
+        return found
 
     def get_node(self, name: str) -> Node:
-        target = self._target_for(name)
-        if self._owner(target, name) != self.spec.name:
-            raise NodeNotFound(f"{name}: no domain of cluster {self.spec.name} on {target.host}")
-        return self._node(target, name)
+        host = self._host(self._target_for(name))
+        found = self._domain(host, name)
+        if found is None or found.meta.get("cluster") != self.spec.name:
+            raise NodeNotFound(f"{name}: no domain of cluster {self.spec.name} on "
+                               f"{host.target.host}")
+        return self._as_node(host, found)
 
     def list_nodes(self) -> list[Node]:
         nodes = []
         for target in self.settings.hosts:
-            for name in self._virsh(target, "list", "--all", "--name").split():
-                if self._owner(target, name) == self.spec.name:
-                    nodes.append(self._node(target, name))
+            host = self._host(target)
+            names = host.virsh("list", "--all", "--name").split()
+            ours = [d for d in host.domains(names, NAMESPACE).values()
+                    if d.meta.get("cluster") == self.spec.name]
+            addresses = self._addresses(host, ours)
+            nodes += [self._as_node(host, d, addresses.get(d.name, "")) for d in ours]
         return sorted(nodes, key=lambda n: n.name)
 
     def delete_node(self, name: str) -> None:
         """Destroy and undefine the domain and remove its disks; fine when already gone."""
-        target = self._target_for(name)
-        owner = self._owner(target, name)
+        host = self._host(self._target_for(name))
+        found = self._domain(host, name)
+        owner = None if found is None else found.meta.get("cluster", "")
         if owner not in (None, self.spec.name):
-            raise ProviderError(f"{name}: the domain on {target.host} is not drover's "
+            raise ProviderError(f"{name}: the domain on {host.target.host} is not drover's "
                                 f"(cluster {owner or 'none'}); not deleting it")
-        if owner is not None:
-            self._virsh(target, "destroy", name, check=False)
-            try:
-                self._virsh(target, "undefine", name)
-            except CommandFailed:
-                if self._owner(target, name) is not None:
-                    raise
+        if found is not None:
+            with host.timed(name, "destroy"):
+                answers = host.virsh_batch({"destroy": ["destroy", name],
+                                            "undefine": ["undefine", name]})
+            if self._domain(host, name) is not None:
+                raise ProviderError(f"{name}: still defined on {host.target.host} after "
+                                    f"`virsh undefine` ({answers['undefine'] or 'no output'})")
         folder = self._folder()
-        self._host(target).run(["rm", "-f", f"{folder}/{name}.qcow2", f"{folder}/{name}.xml",
-                                f"{folder}/{name}-cidata.iso", f"{folder}/{name}.console.log"],
-                               COMMAND_TIMEOUT)
-        log.info("%s: domain and volumes removed from %s", name, target.host)
+        host.run(["rm", "-f", f"{folder}/{name}.qcow2", f"{folder}/{name}.xml",
+                  f"{folder}/{name}-cidata.iso", self._console(name)])
+        log.info("%s: domain and volumes removed from %s", name, host.target.host)
 
     def timing_scale(self) -> tuple[float, str]:
         return 1.0, f"libvirt ({self.settings.domain_type}), wall-clock time"
+
+    def next_change_at(self, node: str | None = None) -> float | None:
+        """A libvirt host announces nothing, so a wait looks again soon, then less often:
+        0.1 s, doubling to 2 s (per provider, so per wait): a node that is ready a moment
+        later costs no 5 s sleep, and one that takes long costs few looks."""
+        self._look = min(2 * self._look, 2.0) if self._look else 0.1
+        return self.clock.now() + self._look
 
 
 register("libvirt")(Libvirt)

@@ -1,12 +1,15 @@
 """The libvirt provider against the real thing: libvirtd and QEMU (software emulation)
 on this machine, reached over SSH through a real sshd on 127.0.0.1. Three tiny VMs
 boot with their own machine configs on cidata disks (the lab emulates Talos on top);
-a second deploy adopts them; destroy leaves no domain and no volume. The VMs use QEMU
-user networking, so no traffic leaves QEMU's own network stack."""
+a second deploy adopts them; destroy leaves no domain and no volume. Every provider call
+is timed per node (drover/steps.py): one SSH connection and one upload per boot file serve
+all three nodes. The VMs use QEMU user networking, so no traffic leaves QEMU's own
+network stack."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -23,6 +26,7 @@ from drover.home import cluster_dir
 from drover.machineconfig import load_secrets, render_node_yaml
 from drover.spec import load_spec
 from tests.system.conftest import REPO, Server, wait_for
+from tests.system.libvirthost import give_kvm_to_its_group, start_libvirtd, stop_daemons
 from tests.system.sshd import Sshd, sshd  # noqa: F401 (fixture)
 from tests.system.tinyimage import build
 
@@ -35,11 +39,6 @@ def virsh(*args: str, check: bool = True) -> str:
                           text=True, timeout=120).stdout
 
 
-def _answers() -> bool:
-    return subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, check=False,
-                          timeout=60).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def libvirtd() -> Iterator[None]:
     missing = [tool for tool in NEEDED if shutil.which(tool) is None]
@@ -47,16 +46,10 @@ def libvirtd() -> Iterator[None]:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run as root with {', '.join(missing) or 'libvirt'} installed")
         pytest.skip(f"needs root and {', '.join(missing) or 'libvirt'} (make test as root)")
-    started = []
-    if not _answers():  # no systemd here: start the daemons by hand, and stop them after
-        for daemon in ("virtlogd", "libvirtd"):
-            subprocess.run([daemon, "-d"], check=True, timeout=60)
-            started.append(Path(f"/run/{daemon}.pid"))
-        wait_for(_answers, 60, "libvirtd to answer")
+    give_kvm_to_its_group()  # else libvirt probes QEMU again for every define (~4 s each)
+    started = start_libvirtd()  # no systemd here: by hand, and stopped after
     yield
-    for pidfile in reversed(started):
-        if pidfile.exists():
-            subprocess.run(["kill", pidfile.read_text().strip()], check=False)
+    stop_daemons(started)
 
 
 @pytest.fixture
@@ -85,9 +78,9 @@ def libvirt_config(tmp_path: Path, ssh: Sshd, storage: Path, name: str) -> Path:
     return path
 
 
-def drover(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+def drover(server: Server, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "drover.cli", *args], cwd=REPO,
-                            env=server.env | {"DROVER_HOME": os.environ["DROVER_HOME"]},
+                            env=server.env | {"DROVER_HOME": os.environ["DROVER_HOME"]} | env,
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, f"drover {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result
@@ -103,10 +96,19 @@ def test_vms_boot_with_their_own_config_are_adopted_on_rerun_and_destroyed_witho
     name = f"lv{uuid.uuid4().hex[:6]}"
     config = libvirt_config(tmp_path, sshd, storage, name)
     spec = load_spec(config)
+    timings = tmp_path / "steps.jsonl"
     try:
-        drover(project, "deploy", str(config))
+        drover(project, "deploy", str(config), DROVER_STEPS_FILE=str(timings))
 
         nodes = [n.name for n in spec.declared_nodes()]
+        taken = [json.loads(line) for line in timings.read_text().splitlines()]
+        for node in nodes:  # every provider call of the path, timed under its node
+            assert {s["step"] for s in taken if s["node"] == node} >= {
+                "qemu-img", "cidata", "define", "start", "first console line", "address"}
+        shared = [(s["node"], s["step"]) for s in taken if s["node"] not in nodes]
+        host = f"127.0.0.1:{sshd.port}"
+        assert shared.count((host, "ssh connect")) == 1  # one connection for every node
+        assert shared.count((host, "upload")) == 3       # base, kernel, initrd: once each
         assert ours(name) == nodes
         uuids = {n: virsh("domuuid", n).strip() for n in nodes}
         secrets = load_secrets(cluster_dir(name))

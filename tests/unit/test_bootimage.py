@@ -156,3 +156,24 @@ def test_libvirt_refuses_a_kernel_that_is_not_the_pinned_one(libvirt_spec, tmp_p
 def test_a_pin_that_is_not_a_sha256_is_a_spec_error(libvirt_spec, value):
     with pytest.raises(ValueError, match="bootImageSha256.*64 hexadecimal digits"):
         libvirt_spec(bootImageSha256=value)
+
+
+def test_a_boot_file_is_hashed_once_while_unchanged_and_again_once_it_changes(tmp_path,
+                                                                             monkeypatch):
+    import os
+
+    from drover import bootimage
+
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(b"kernel v1")
+    hashed = []
+    real = bootimage.verify_file
+    monkeypatch.setattr(bootimage, "verify_file", lambda *a: hashed.append(a) or real(*a))
+
+    assert bootimage.verified_file(path, None, "f")[1] == sha(b"kernel v1")
+    assert bootimage.verified_file(path, None, "f")[1] == sha(b"kernel v1")
+    path.write_bytes(b"kernel v2")
+    os.utime(path, ns=(1, 1))  # another mtime, whatever the file system's resolution
+
+    assert bootimage.verified_file(path, None, "f")[1] == sha(b"kernel v2")
+    assert len(hashed) == 2

@@ -64,3 +64,10 @@ def test_direct_kernel_boot_when_a_kernel_is_given(spec_for):
     assert (root.findtext("os/kernel"), root.findtext("os/initrd"),
             root.findtext("os/cmdline")) == ("/s/base/k", "/s/base/i", "console=ttyS0 quiet")
     assert domain(spec_for()).find("os/kernel") is None
+
+
+def test_the_domain_carries_the_uuid_drover_chose_so_no_lookup_is_needed(spec_for):
+    node = spec_for().declared_nodes()[0]
+    xml = Libvirt(spec_for())._domain_xml(node, "/s/d.qcow2", "", {"base": "/s/b"},
+                                          "4ff5b9ad-20d6-4ee9-a4cc-2da4ce916d2b")
+    assert ET.fromstring(xml).findtext("uuid") == "4ff5b9ad-20d6-4ee9-a4cc-2da4ce916d2b"

@@ -1,0 +1,258 @@
+"""Benchmark: the real-VM path. Tiny VMs (tests/system/tinyimage.py) through `drover deploy`
+of configs/examples/libvirt-local.yaml on this machine's libvirt (QEMU software emulation),
+reached over SSH through an sshd on 127.0.0.1, against a running Prefect server (started
+here, as an operator would keep one). For each size it times, from the moment `drover
+deploy` is launched: every console showing its own config's sha256 (the target), the
+command's exit, and each provider step per node (DROVER_STEPS_FILE, drover/steps.py).
+"QEMU boot" is the guest's part: from its `virsh start` returning to its hash on the
+console; drover's share is the rest of the wall time. Each deploy is destroyed after.
+Prints a table with medians and writes bench/results/libvirt-<date>.json. Needs root,
+libvirt, qemu, genisoimage and sshd (`make system-deps`).
+
+Run: .venv/bin/python bench/libvirt.py [--sizes 3,10] [--repeat 3] [--trace-ssh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from tests.system import libvirthost  # noqa: E402
+from tests.system.conftest import free_port  # noqa: E402
+from tests.system.tinyimage import build  # noqa: E402
+
+HASH = re.compile(r"DROVER-CIDATA host=(\S+) sha256=([0-9a-f]{64})")
+# --trace-ssh: time every SSH command and upload of the deploy (for code without drover.steps)
+TRACE = """
+import json, os, threading, time
+import drover.ssh as s
+def wrap(name, fn):
+    def timed(self, *a, **k):
+        t = time.time()
+        try:
+            return fn(self, *a, **k)
+        finally:
+            what = ' '.join(map(str, a[0]))[:80] if name == 'run' else 'upload ' + str(a[1])
+            with open(os.environ['DROVER_STEPS_FILE'], 'a') as f:
+                f.write(json.dumps({'node': threading.current_thread().name, 'step': what,
+                                    'started': t, 'seconds': time.time() - t, 'ok': True}) + '\\n')
+    return timed
+s.Connection.run = wrap('run', s.Connection.run)
+s.Connection.upload = wrap('upload', s.Connection.upload)
+import runpy; runpy.run_module('drover.cli', run_name='__main__')
+"""
+
+
+def start_prefect(folder: Path) -> tuple[dict[str, str], subprocess.Popen[bytes]]:
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(folder), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
+                             "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=(folder / "server.log").open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    libvirthost.wait_until(healthy, 120, "the Prefect server", step=0.2)
+    return env, proc
+
+
+def write_config(folder: Path, ssh: libvirthost.Sshd, storage: Path, name: str,
+                 nodes: int) -> Path:
+    kernel, initrd = build()
+    base = folder / "base.qcow2"
+    if not base.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+        base.chmod(0o644)
+    known_hosts = folder / "known_hosts"
+    known_hosts.write_text(ssh.known_hosts_line)
+    data = yaml.safe_load((REPO / "configs/examples/libvirt-local.yaml").read_text())
+    data["metadata"]["name"] = name
+    data["spec"]["workers"][0]["count"] = nodes - 1
+    data["spec"]["provider"].update(
+        hosts=[{"host": "127.0.0.1", "port": ssh.port, "user": ssh.user,
+                "keyFile": str(ssh.user_key_file), "knownHosts": str(known_hosts)}],
+        storageDir=str(storage), bootImage=str(base), kernel=str(kernel), initrd=str(initrd))
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def watch_consoles(folder: Path, names: list[str], seen: dict[str, tuple[float, str]],
+                   stop: threading.Event) -> None:
+    """Record when each node's console first shows a config hash (a bench-side watcher)."""
+    while not stop.is_set() and len(seen) < len(names):
+        for name in names:
+            console = folder / f"{name}.console.log"
+            if name not in seen and console.exists():
+                found = HASH.search(console.read_text(errors="replace"))
+                if found:
+                    seen[name] = (time.time(), found.group(2))
+        time.sleep(0.01)
+
+
+def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, nodes: int,
+            trace: bool) -> dict[str, object]:
+    from drover.home import cluster_dir
+    from drover.machineconfig import load_secrets, render_node_yaml
+    from drover.spec import load_spec
+
+    name = f"b{uuid.uuid4().hex[:6]}"
+    storage = Path("/var/lib/libvirt/images") / f"drover-bench-{name}"
+    config = write_config(folder, ssh, storage, name, nodes)
+    spec = load_spec(config)
+    names = [n.name for n in spec.declared_nodes()]
+    steps_file = folder / f"{name}-steps.jsonl"
+    run_env = {**env, "DROVER_STEPS_FILE": str(steps_file)}
+    seen: dict[str, tuple[float, str]] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_consoles, args=(storage / name, names, seen, stop))
+    command = ([sys.executable, "-c", TRACE] if trace else [sys.executable, "-m", "drover.cli"])
+    started = time.time()
+    watcher.start()
+    deploy = subprocess.run([*command, "deploy", str(config)], cwd=REPO, env=run_env,
+                            capture_output=True, text=True, timeout=900, check=False)
+    deployed = time.time() - started
+    (folder / f"{name}-deploy.log").write_text(f"launched {started:.3f}\n{deploy.stdout}\n"
+                                                f"{deploy.stderr}")
+    watcher.join(timeout=120)
+    stop.set()
+    try:
+        if deploy.returncode != 0:
+            raise RuntimeError(f"drover deploy failed:\n{deploy.stdout}\n{deploy.stderr}")
+        os.environ["DROVER_HOME"] = env["DROVER_HOME"]
+        secrets = load_secrets(cluster_dir(name))
+        for node in spec.declared_nodes():
+            digest = hashlib.sha256(render_node_yaml(spec, node, secrets).encode()).hexdigest()
+            if seen.get(node.name, (0, ""))[1] != digest:
+                raise RuntimeError(f"{node.name}: console shows {seen.get(node.name)}, "
+                                   f"expected its config's sha256 {digest}")
+    finally:
+        destroy_started = time.time()
+        gone = subprocess.run([sys.executable, "-m", "drover.cli", "destroy", name, "--yes"],
+                              cwd=REPO, env=run_env, capture_output=True, text=True,
+                              timeout=900, check=False)
+        destroyed = time.time() - destroy_started
+        shutil.rmtree(storage, ignore_errors=True)
+    if gone.returncode != 0:
+        raise RuntimeError(f"drover destroy failed:\n{gone.stdout}\n{gone.stderr}")
+    steps = [json.loads(line) for line in steps_file.read_text().splitlines()] \
+        if steps_file.exists() else []
+    hashes = max(at for at, _ in seen.values()) - started
+    started_vm = {s["node"]: s["started"] + s["seconds"] for s in steps if s["step"] == "start"}
+    boots = {n: seen[n][0] - started_vm[n] for n in names if n in started_vm}
+    last = max(names, key=lambda n: seen[n][0])
+    qemu = boots.get(last, 0.0)
+    return {"nodes": nodes, "cluster": name, "to_all_hashes": hashes, "deploy_exit": deployed,
+            "wall": max(hashes, deployed), "qemu_boot_last_node": qemu,
+            "drover_share": max(hashes, deployed) - qemu, "destroy": destroyed,
+            "boots": boots, "steps": [{**s, "started": s["started"] - started} for s in steps]}
+
+
+def per_step(runs: list[dict[str, object]]) -> dict[str, dict[str, float]]:
+    """Per step over runs: the median of (calls, summed seconds, slowest call)."""
+    table: dict[str, list[tuple[int, float, float]]] = {}
+    for run in runs:
+        by: dict[str, list[float]] = {}
+        for s in run["steps"]:  # type: ignore[union-attr]
+            by.setdefault(s["step"], []).append(s["seconds"])
+        for step, values in by.items():
+            table.setdefault(step, []).append((len(values), sum(values), max(values)))
+    return {step: {"calls": statistics.median(v[0] for v in values),
+                   "sum": statistics.median(v[1] for v in values),
+                   "max": statistics.median(v[2] for v in values)}
+            for step, values in table.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="3,10", help="VMs per cluster (1 control plane)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per size (medians)")
+    parser.add_argument("--trace-ssh", action="store_true",
+                        help="time every SSH command (for code without drover.steps)")
+    parser.add_argument("--label", default="", help="a word for the results file name")
+    parser.add_argument("--leave-kvm", action="store_true",
+                        help="leave /dev/kvm as it is (to measure a root-only /dev/kvm)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/libvirt.py needs root (libvirt's system URI, /var/lib/libvirt)")
+    folder = Path(tempfile.mkdtemp(prefix="drover-bench-libvirt-"))
+    os.chmod(folder, 0o755)
+    kvm = None if args.leave_kvm else libvirthost.give_kvm_to_its_group()
+    if kvm:
+        print(f"host set-up: {kvm}")
+    daemons = libvirthost.start_libvirtd()
+    ssh, sshd = libvirthost.start_sshd(folder / "sshd", free_port())
+    (folder / "prefect").mkdir()
+    env, server = start_prefect(folder / "prefect")
+    env["DROVER_HOME"] = str(folder / "home")
+    results: dict[str, list[dict[str, object]]] = {}
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            results[str(size)] = [one_run(env, folder, ssh, size, args.trace_ssh)
+                                  for _ in range(args.repeat)]
+    finally:
+        for proc in (server, sshd):
+            proc.terminate()
+            proc.wait(timeout=30)
+        libvirthost.stop_daemons(daemons)
+    report(results, args)
+
+
+def report(results: dict[str, list[dict[str, object]]], args: argparse.Namespace) -> None:
+    median = statistics.median
+    summary = {}
+    print(f"\n{'VMs':>4} {'to hashes':>10} {'deploy exit':>12} {'QEMU boot':>10} "
+          f"{'drover':>8} {'destroy':>8}   (medians of {args.repeat}, seconds)")
+    for size, runs in results.items():
+        row = {k: median(r[k] for r in runs) for k in  # type: ignore[misc]
+               ("to_all_hashes", "deploy_exit", "wall", "qemu_boot_last_node", "drover_share",
+                "destroy")}
+        summary[size] = {**row, "steps": per_step(runs)}
+        print(f"{size:>4} {row['to_all_hashes']:>10.2f} {row['deploy_exit']:>12.2f} "
+              f"{row['qemu_boot_last_node']:>10.2f} {row['drover_share']:>8.2f} "
+              f"{row['destroy']:>8.2f}")
+    for size, entry in summary.items():
+        print(f"\nsteps, {size} VMs (median over runs of: calls, summed s, slowest call s)")
+        for step, v in sorted(entry["steps"].items(), key=lambda kv: -kv[1]["sum"]):
+            print(f"  {step[:60]:<60} {v['calls']:>5.0f} {v['sum']:>8.3f} {v['max']:>8.3f}")
+    now = datetime.now(UTC)
+    out = REPO / "bench" / "results" / \
+        f"libvirt-{now:%Y%m%d-%H%M%S}{'-' + args.label if args.label else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "date": now.isoformat(), "machine": {"cpus": os.cpu_count(),
+                                             "kernel": platform.release()},
+        "label": args.label, "repeat": args.repeat, "summary": summary, "runs": results},
+        indent=1) + "\n")
+    print(f"\nwrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The libvirt host handle's own logic, over a recorded-answer connection (the real host,
+libvirtd and sshd, is exercised in tests/system/test_libvirt.py): batched virsh answers
+split per command, domains read from dominfo and metadata, console matches per file, a
+boot file uploaded once per host however many nodes ask, the connection timed once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from drover import steps
+from drover.lab.clock import ManualClock
+from drover.provider_settings import SshTarget
+from drover.providers import libvirt_host
+from drover.providers.libvirt_host import Host
+from drover.ssh import CommandResult, Upload
+
+DOMINFO = """Id:             3
+Name:           c-cp-1
+UUID:           4ff5b9ad-20d6-4ee9-a4cc-2da4ce916d2b
+OS Type:        hvm
+State:          running
+"""
+
+
+class Recorded:
+    """A connection answering from a table: argv's last word → stdout."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.commands, self.uploads = answers, [], []
+        self.opened_at, self.connect_seconds = 50.0, 0.06
+
+    def run(self, command, timeout, stdin=None, *, check=True):
+        self.commands.append(list(command))
+        return CommandResult(list(command), 0, self.answers.get(command[-1], ""), "")
+
+    def upload(self, local, remote, timeout=300.0, mode=None):
+        time.sleep(0.01)  # long enough for the other threads to pile up behind it
+        self.uploads.append(remote)
+        return Upload(remote, "ab" * 32, False, 1, 0)
+
+
+@pytest.fixture
+def host(monkeypatch):
+    def make(answers: dict[str, str], port: int = 22) -> tuple[Host, Recorded]:
+        conn = Recorded(answers)
+        monkeypatch.setattr(libvirt_host, "connect", lambda target: conn)
+        target = SshTarget(host="10.0.0.1", port=port)
+        return Host(target, "qemu:///system", f"c{port}", ManualClock()), conn
+    return make
+
+
+def test_a_batch_runs_in_one_virsh_process_and_comes_back_per_command(host):
+    batch_out = "@@drover@@a@@running\n@@drover@@b@@@@drover@@c@@x y\n"
+    h, conn = host({})
+    conn.answers = {"": ""}
+    conn.run = lambda command, timeout, stdin=None, check=True: CommandResult(
+        command, 0, batch_out, "")
+
+    assert h.virsh_batch({"a": ["domstate", "n1"], "b": ["domstate", "gone"],
+                          "c": ["domuuid", "n2"]}) == {"a": "running", "b": "", "c": "x y"}
+
+
+def test_domains_are_read_from_dominfo_and_drover_metadata_and_absent_ones_left_out(host):
+    out = ("@@drover@@dominfo:c-cp-1@@" + DOMINFO +
+           '@@drover@@meta:c-cp-1@@<node cluster="c" node="c-cp-1" role="controlplane" '
+           'pool="cp"/>\n@@drover@@dominfo:c-w-1@@@@drover@@meta:c-w-1@@')
+    h, conn = host({})
+    seen = []
+    conn.run = lambda command, timeout, stdin=None, check=True: (
+        seen.append(command), CommandResult(command, 0, out, ""))[1]
+
+    found = h.domains(["c-cp-1", "c-w-1"], "urn:x")
+
+    assert list(found) == ["c-cp-1"]
+    assert found["c-cp-1"].state == "running"
+    assert found["c-cp-1"].uuid == "4ff5b9ad-20d6-4ee9-a4cc-2da4ce916d2b"
+    assert found["c-cp-1"].meta == {"cluster": "c", "node": "c-cp-1", "role": "controlplane",
+                                    "pool": "cp"}
+    assert len(seen) == 1 and seen[0][:4] == ["virsh", "-q", "-c", "qemu:///system"]
+
+
+def test_console_matches_are_given_per_file_the_missing_ones_empty(host):
+    h, conn = host({})
+    conn.run = lambda command, timeout, stdin=None, check=True: CommandResult(
+        command, 2, "/s/c/a.console.log:inet 10.0.2.15/24\n", "no such file")
+
+    assert h.grep_consoles({"a": "/s/c/a.console.log", "b": "/s/c/b.console.log"},
+                           "inet x") == {"a": ["inet 10.0.2.15/24"], "b": []}
+
+
+def test_a_boot_file_goes_to_a_host_once_however_many_nodes_ask_at_once(host, tmp_path):
+    h, conn = host({}, port=2201)
+    local = tmp_path / "vmlinuz"
+    local.write_bytes(b"kernel")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        h.upload_once(local, "ab" * 32, "/s/base"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert conn.uploads == ["/s/base/abababababababab-vmlinuz"]
+    assert set(results) == {"/s/base/abababababababab-vmlinuz"}
+    uploads = [s for s in steps.drain("c2201") if s.step == "upload"]
+    assert [s.node for s in uploads] == ["10.0.0.1:2201"]
+
+
+def test_the_ssh_connection_is_recorded_once_per_cluster(host):
+    h, conn = host({}, port=2202)
+    h.run(["true"])
+    h.run(["true"])
+
+    connects = [s for s in steps.drain("c2202") if s.step == "ssh connect"]
+    assert [(s.node, s.started, s.seconds) for s in connects] == [("10.0.0.1:2202", 50.0, 0.06)]
+
+
+def test_private_files_are_written_through_stdin_under_umask_077(host):
+    h, conn = host({})
+    sent = []
+    conn.run = lambda command, timeout, stdin=None, check=True: (
+        sent.append((command, stdin)), CommandResult(command, 0, "", ""))[1]
+
+    h.write_private("/s/c/n-cidata.iso", b"ISO")
+
+    [(command, stdin)] = sent
+    assert "umask 077" in command[2] and command[-1] == "/s/c/n-cidata.iso" and stdin == b"ISO"
+    assert Path("/s/c/n-cidata.iso").name not in command[2]  # the path is an argument, not code
