@@ -102,7 +102,8 @@ def spawn(command: list[str], log_name: str, env: dict[str, str], cwd: Path | No
           ) -> int:
     """Start a long-running process in its own session, output to logs/<log_name>; its pid."""
     logs = private_dir(folder() / "logs")
-    with (logs / log_name).open("ab") as log:
+    fd = os.open(logs / log_name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return proc.pid
