@@ -52,6 +52,8 @@ class Phase:
     cpu_seconds: float          # process CPU on the wall clock, never scaled
     real_seconds: float         # how long predicting it took
     ideal_note: str = ""
+    tasks: int = 0              # node tasks the flow ran (its pipelines' steps, or nodes)
+    push_seconds: float = 0.0   # deploy: mean wait from a node's maintenance mode to install
 
     @property
     def efficiency(self) -> float:
@@ -115,8 +117,12 @@ def ideal_deploy(spec: ClusterSpec, lab: Datacenter) -> tuple[float, str]:
                 done[name] = (joined, [*chains[name], ("etcd_join", joined - at)])
     last = max(done, key=lambda n: (done[n][0], n))
     seconds, chain = done[last]
-    head = "" if chain[:4] == chains[last] else f"API via {first}: "
-    return seconds, f"{last}: {head}" + " → ".join(f"{s} {format_duration(d)}" for s, d in chain)
+    text = " → ".join(f"{s} {format_duration(d)}" for s, d in chain)
+    if chain[:4] != chains[last] or last == first and chain[-1][0] == "node_ready":
+        *through_api, ready = text.split(" → ")  # the first control plane's chain, the API
+        text = f"{first}: {' → '.join(through_api)} → {last}: {ready}"
+        return seconds, text
+    return seconds, f"{last}: {text}"
 
 
 def node_upgrades(lab: Datacenter, since: float) -> dict[str, float]:
@@ -131,6 +137,19 @@ def node_upgrades(lab: Datacenter, since: float) -> dict[str, float]:
         elif what == "uncordoned" and node in began:
             took[node] = at - began[node]
     return took
+
+
+def config_push(lab: Datacenter) -> float:
+    """Mean seconds from a node reaching maintenance mode to its install starting: what
+    delivering its config over the API added (a config read at first boot adds none)."""
+    maintenance: dict[str, float] = {}
+    gaps = []
+    for at, node, what in lab.events():
+        if what == "maintenance" and node is not None:
+            maintenance.setdefault(node, at)
+        elif what == "installing" and node in maintenance:
+            gaps.append(at - maintenance.pop(node))
+    return sum(gaps) / len(gaps) if gaps else 0.0
 
 
 def ideal_upgrade(spec: ClusterSpec, took: dict[str, float], max_unavailable: int
@@ -236,7 +255,9 @@ def predict(config: str | Path, deploy: Flow, upgrade: Flow | None = None,
         ideal, chain = ideal_deploy(lab_spec, lab)
         image = started - run.started  # what ran before the first node's pipeline
         result.phases.append(Phase("deploy", run.total, ideal + image, chain,
-                                   usage.cpu_seconds, usage.wall_seconds))
+                                   usage.cpu_seconds, usage.wall_seconds,
+                                   tasks=sum(len(s) for s in run.node_steps.values()),
+                                   push_seconds=config_push(lab)))
         if upgrade is not None and upgrade_version:
             window = max_unavailable or lab_spec.spec.upgrade.max_unavailable
             since = clock.now()
@@ -244,9 +265,11 @@ def predict(config: str | Path, deploy: Flow, upgrade: Flow | None = None,
                 upgrade(cluster=spec.name, talos_version=upgrade_version,
                         max_unavailable=window)
             run = last_run(home, spec.name, "upgrade")
-            ideal, how = ideal_upgrade(lab_spec, node_upgrades(lab, since), window)
+            took = node_upgrades(lab, since)
+            ideal, how = ideal_upgrade(lab_spec, took, window)
             result.phases.append(Phase("upgrade", run.total, ideal, how, usage.cpu_seconds,
-                                       usage.wall_seconds, "per-batch time × batches"))
+                                       usage.wall_seconds, "per-batch time × batches",
+                                       tasks=len(took)))
     if fleet is not None:
         per_cluster = result.phases[-1].wall_seconds
         result.fleet = fleet_schedule(fleet, per_cluster)
