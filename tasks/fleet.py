@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
@@ -97,9 +97,12 @@ def upgrade_in_fleet(site: str, deployment: str, cluster: str, parameters: dict[
                      wave: int = 1, tags: list[str] | None = None,
                      worker_timeout: float = 90) -> dict[str, str]:
     """Run the site's deployment for one cluster, holding a fleet slot and a site slot; the
-    outcome is upgraded, skipped (already current), failed, or not done when the site's
-    worker fell silent (its run is then marked Crashed, so a re-run starts it afresh)."""
+    outcome is upgraded, skipped (already current), failed (its run failed), or not done:
+    the site's worker fell silent (its run is then marked Crashed, so a re-run starts it
+    afresh), or the run could not be started or followed (no slot, no deployment, a server
+    error)."""
     logger = get_run_logger()
+    run: FlowRun | None = None
     try:
         with concurrency(["drover-fleet", site_limit(site)], occupy=1, strict=True), \
                 get_client(sync_client=True) as client:
@@ -120,9 +123,14 @@ def upgrade_in_fleet(site: str, deployment: str, cluster: str, parameters: dict[
                     logger.error("%s/%s: not done: %s", site, cluster, why)
                     return row(site, cluster, wave, "not done", why, str(run.id))
                 time.sleep(POLL_SECONDS)  # a real server's run: nothing to inject
-    except Exception as exc:  # a missing deployment, a lost server: this cluster failed
-        logger.error("%s/%s: could not run %s: %s", site, cluster, deployment, exc)
-        return row(site, cluster, wave, "failed", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # no slot, no deployment, a server answering 503: not the
+        # cluster's failure (not counted against the error budget), but not done either
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        why = (f"lost track of its run ({error}); re-run the fleet" if run
+               else f"could not start {deployment} ({error})")
+        logger.error("%s/%s: not done: %s", site, cluster, why)
+        return row(site, cluster, wave, "not done", why, str(run.id) if run else "-")
+    assert run is not None and run.state is not None  # the loop ends on a final state
     message = run.state.message or ""
     if not run.state.is_completed():
         outcome = "failed"
