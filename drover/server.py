@@ -179,6 +179,8 @@ def start(project: Path, use_postgres: bool = False, site_pools: list[str] | Non
     if state and alive(state.get("server_pid")):
         ensure_workers(state, pools, worker_limit)  # a new site, or a worker that died
         return status()
+    if state:  # the server died: its workers (talking to nobody) go too, then start afresh
+        stop()
     if not (project / "prefect.yaml").is_file():
         raise StateError(f"{project}: no prefect.yaml here; run from drover's project folder "
                          "or pass --project")
