@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +14,32 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from drover.boundaries import cluster_name
-from drover.clock import Ticket, current_clock
+from drover.clock import Clock, Ticket, current_clock
 from drover.deploy import Infra
 from drover.errors import NodeNotFound
 from drover.home import drover_home, remembered_spec
 from drover.spec import ClusterSpec
 from drover.timing import History, RunTiming, StageTimer
+
+
+def _ended(future: PrefectFuture[Any]) -> bool:
+    """Whether the work behind a future returned (its Prefect state may still be settling)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    return wrapped is not None and wrapped.done()
+
+
+def next_done(clock: Clock, pending: dict[PrefectFuture[Any], Ticket]) -> PrefectFuture[Any]:
+    """The next future to end, waited for through the clock. Under exact virtual time the
+    future whose ticket closed is taken while this thread holds time: Prefect settles its
+    state a moment after the work returned, and waiting for that as blocked would let time
+    jump past the moment the next task should start."""
+    closed = clock.wait_for(list(pending.values()), first=True)
+    for future, ticket in pending.items():
+        if ticket in closed and _ended(future):
+            future.wait()
+            return future
+    with clock.blocked():
+        return next(as_completed(list(pending)))
 
 
 def gather(futures: dict[str, PrefectFuture[Any]],
@@ -32,7 +53,8 @@ def gather(futures: dict[str, PrefectFuture[Any]],
     """
     clock = current_clock()
     clock.wait_for(list((tickets or {}).values()))
-    with clock.blocked():
+    ended = all(_ended(future) for future in futures.values())
+    with nullcontext() if ended else clock.blocked():
         wait(list(futures.values()))
     results, errors = {}, []
     for name, future in futures.items():
@@ -84,9 +106,7 @@ def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]], max_wor
 
         fill()
         while pending:
-            clock.wait_for([ticket for _, ticket in pending.values()], first=True)
-            with clock.blocked():
-                done = next(as_completed(list(pending)))
+            done = next_done(clock, {future: ticket for future, (_, ticket) in pending.items()})
             name, _ = pending.pop(done)
             try:
                 results[name] = done.result()
@@ -159,9 +179,7 @@ def run_pipelines(chains: dict[str, list[Step]], max_workers: int) -> dict[str, 
 
         fill()
         while pending:
-            clock.wait_for([ticket for _, _, ticket in pending.values()], first=True)
-            with clock.blocked():
-                done = next(as_completed(list(pending)))
+            done = next_done(clock, {future: ticket for future, (_, _, ticket) in pending.items()})
             node, name, _ = pending.pop(done)
             try:
                 results[node][name] = done.result()
