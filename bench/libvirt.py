@@ -169,7 +169,12 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, nodes: int
     boots = {n: seen[n][0] - started_vm[n] for n in names if n in started_vm}
     last = max(names, key=lambda n: seen[n][0])
     qemu = boots.get(last, 0.0)
+    ends = [s["started"] + s["seconds"] - started for s in steps if s["step"] == "address"]
+    phases = {  # launch → first provider call → last address found → the command's exit
+        "before_provider": min(s["started"] for s in steps) - started if steps else 0.0,
+        "after_addresses": deployed - max(ends) if ends else 0.0}
     return {"nodes": nodes, "cluster": name, "to_all_hashes": hashes, "deploy_exit": deployed,
+            **phases,
             "wall": max(hashes, deployed), "qemu_boot_last_node": qemu,
             "drover_share": max(hashes, deployed) - qemu, "destroy": destroyed,
             "boots": boots, "steps": [{**s, "started": s["started"] - started} for s in steps]}
@@ -229,15 +234,17 @@ def report(results: dict[str, list[dict[str, object]]], args: argparse.Namespace
     median = statistics.median
     summary = {}
     print(f"\n{'VMs':>4} {'to hashes':>10} {'deploy exit':>12} {'QEMU boot':>10} "
-          f"{'drover':>8} {'destroy':>8}   (medians of {args.repeat}, seconds)")
+          f"{'drover':>8} {'destroy':>8} {'to 1st call':>12} {'after addr':>11}"
+          f"   (medians of {args.repeat}, seconds)")
     for size, runs in results.items():
         row = {k: median(r[k] for r in runs) for k in  # type: ignore[misc]
                ("to_all_hashes", "deploy_exit", "wall", "qemu_boot_last_node", "drover_share",
-                "destroy")}
+                "destroy", "before_provider", "after_addresses")}
         summary[size] = {**row, "steps": per_step(runs)}
         print(f"{size:>4} {row['to_all_hashes']:>10.2f} {row['deploy_exit']:>12.2f} "
               f"{row['qemu_boot_last_node']:>10.2f} {row['drover_share']:>8.2f} "
-              f"{row['destroy']:>8.2f}")
+              f"{row['destroy']:>8.2f} {row['before_provider']:>12.2f} "
+              f"{row['after_addresses']:>11.2f}")
     for size, entry in summary.items():
         print(f"\nsteps, {size} VMs (median over runs of: calls, summed s, slowest call s)")
         for step, v in sorted(entry["steps"].items(), key=lambda kv: -kv[1]["sum"]):

@@ -23,7 +23,8 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
@@ -59,6 +60,14 @@ _CHUNK = 256 * 1024
 
 
 def _open(target: SshTarget, private_key: str | None, timeout: float) -> Connection:
+    client, opened_at, seconds = _open_client(target, private_key, timeout)
+    return Connection(target, client, opened_at, seconds,
+                      opener=lambda: _open_client(target, private_key, timeout)[0])
+
+
+def _open_client(target: SshTarget, private_key: str | None,
+                 timeout: float) -> tuple[paramiko.SSHClient, float, float]:
+    """An authenticated client, when its handshake began and how long it took."""
     label, known_hosts = _label(target), _known_hosts(target)[0]
     pkey = _private_key(target, private_key)
     client = paramiko.SSHClient()
@@ -86,24 +95,61 @@ def _open(target: SshTarget, private_key: str | None, timeout: float) -> Connect
         if isinstance(exc, OSError | EOFError | paramiko.SSHException):
             raise SshUnavailable(f"{label}: {exc or exc.__class__.__name__}") from exc
         raise
-    connection = Connection(target, client, opened_at, time.monotonic() - started)
-    transport = connection.transport
+    seconds = time.monotonic() - started
+    transport = client.get_transport()
+    assert transport is not None  # connect() succeeded
     # without it, each channel request waits out a delayed ACK (~40 ms a command)
     transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     key = transport.get_remote_server_key()
     log.info("%s: connected as %s (host key %s %s)", label, target.user, key.get_name(),
              key.fingerprint)
-    return connection
+    return client, opened_at, seconds
+
+
+class _Client:
+    def __init__(self, client: paramiko.SSHClient) -> None:
+        self.client, self.channels = client, 0
 
 
 class Connection:
-    """An authenticated session to one host; threads share it, one channel per command."""
+    """An authenticated session to one host; threads share it, one channel per command.
+
+    OpenSSH allows 10 channels per connection (MaxSessions); past MAX_CHANNELS at once, a
+    second connection to the host is opened for the overflow (its host key checked the same
+    way) and shared in turn, so many nodes waiting on one host never see 'Connect failed'.
+    """
+
+    MAX_CHANNELS = 8
 
     def __init__(self, target: SshTarget, client: paramiko.SSHClient, opened_at: float = 0.0,
-                 connect_seconds: float = 0.0) -> None:
+                 connect_seconds: float = 0.0,
+                 opener: Callable[[], paramiko.SSHClient] | None = None) -> None:
         self.target, self.label, self._client = target, _label(target), client
         # when the handshake began (wall clock) and how long it and authentication took
         self.opened_at, self.connect_seconds = opened_at, connect_seconds
+        self._opener, self._lock, self._opening = opener, threading.Lock(), threading.Lock()
+        self._clients = [_Client(client)]
+
+    @contextmanager
+    def _channel_room(self) -> Iterator[paramiko.SSHClient]:
+        """A client with room for one more channel, held until the block ends."""
+        room = self._take_room()
+        if room is None:
+            with self._opening:  # one overflow handshake at a time; then look again
+                room = self._take_room()
+                if room is None:
+                    assert self._opener is not None
+                    room = _Client(self._opener())
+                    room.channels = 1
+                    with self._lock:
+                        self._clients.append(room)
+                    log.info("%s: %d channels busy; opened connection %d", self.label,
+                             self.MAX_CHANNELS * (len(self._clients) - 1), len(self._clients))
+        try:
+            yield room.client
+        finally:
+            with self._lock:
+                room.channels -= 1
 
     @property
     def transport(self) -> paramiko.Transport:
@@ -117,8 +163,19 @@ class Connection:
         transport = self._client.get_transport()
         return transport is not None and transport.is_active()
 
+    def _take_room(self) -> _Client | None:
+        with self._lock:
+            room = next((c for c in self._clients if c.channels < self.MAX_CHANNELS
+                         and _active(c.client)), None)
+            if room is None and self._opener is None:
+                room = self._clients[0]  # nothing to open more with: let the host decide
+            if room is not None:
+                room.channels += 1
+            return room
+
     def close(self) -> None:
-        self._client.close()
+        for entry in self._clients:
+            entry.client.close()
 
     def check_host_key(self, target: SshTarget) -> None:
         """Check the key this session was opened with against target.known_hosts, now."""
@@ -142,17 +199,13 @@ class Connection:
         started = time.monotonic()
         deadline = started + timeout + 2 * KILL_GRACE  # the host's kill, or we hang up
         try:
-            channel = self.transport.open_session(timeout=timeout)
-            try:
-                channel.settimeout(timeout)  # bounds sending stdin to a command not reading it
-                channel.exec_command(line)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-                out, err, finished = _collect(channel, deadline)
-                status = channel.recv_exit_status() if finished else None
-            finally:
-                channel.close()
+            with self._channel_room() as client:
+                transport = client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise SshUnavailable(f"{self.label}: the connection is closed; "
+                                         "connect again")
+                channel = transport.open_session(timeout=timeout)
+                out, err, finished, status = _finish(channel, line, stdin, timeout, deadline)
             alive = self.is_open
         except TimeoutError:
             status, out, err, alive = None, b"", b"", True
@@ -185,7 +238,7 @@ class Connection:
         size, digest = local.stat().st_size, _sha256_file(local)
         part = f"{remote}.part"
         try:
-            with self._client.open_sftp() as sftp:
+            with self._channel_room() as client, client.open_sftp() as sftp:
                 sftp.get_channel().settimeout(timeout)
                 if _size(sftp, remote) == size and self.sha256(remote, timeout) == digest:
                     if mode is not None:
@@ -218,6 +271,26 @@ class Connection:
                  size - offset, f", resumed at {offset}" if offset else "")
         return Upload(remote, digest, skipped=False, transferred=size - offset,
                       resumed_from=offset)
+
+
+def _finish(channel: paramiko.Channel, line: str, stdin: bytes | None, timeout: float,
+            deadline: float) -> tuple[bytes, bytes, bool, int | None]:
+    """Run `line` on the open channel: (stdout, stderr, finished, exit status or None)."""
+    try:
+        channel.settimeout(timeout)  # bounds sending stdin to a command not reading it
+        channel.exec_command(line)
+        if stdin:
+            channel.sendall(stdin)
+        channel.shutdown_write()
+        out, err, finished = _collect(channel, deadline)
+        return out, err, finished, channel.recv_exit_status() if finished else None
+    finally:
+        channel.close()
+
+
+def _active(client: paramiko.SSHClient) -> bool:
+    transport = client.get_transport()
+    return transport is not None and transport.is_active()
 
 
 def _collect(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes, bool]:

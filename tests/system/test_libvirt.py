@@ -91,14 +91,14 @@ def ours(name: str) -> list[str]:
 
 
 def test_vms_boot_with_their_own_config_are_adopted_on_rerun_and_destroyed_without_trace(
-        libvirtd: None, sshd: Sshd, project: Server, storage: Path,  # noqa: F811
+        libvirtd: None, sshd: Sshd, prefect_server: Server, storage: Path,  # noqa: F811
         tmp_path: Path) -> None:
     name = f"lv{uuid.uuid4().hex[:6]}"
     config = libvirt_config(tmp_path, sshd, storage, name)
     spec = load_spec(config)
     timings = tmp_path / "steps.jsonl"
     try:
-        drover(project, "deploy", str(config), DROVER_STEPS_FILE=str(timings))
+        drover(prefect_server, "deploy", str(config), DROVER_STEPS_FILE=str(timings))
 
         nodes = [n.name for n in spec.declared_nodes()]
         taken = [json.loads(line) for line in timings.read_text().splitlines()]
@@ -123,14 +123,14 @@ def test_vms_boot_with_their_own_config_are_adopted_on_rerun_and_destroyed_witho
             assert iso.stat().st_mode & 0o077 == 0  # the config's secrets: owner only
             assert "-----BEGIN" not in text
 
-        again = drover(project, "deploy", str(config))
+        again = drover(prefect_server, "deploy", str(config))
         assert "nothing to do" in again.stdout
         assert {n: virsh("domuuid", n).strip() for n in nodes} == uuids  # adopted, not new
 
-        status = drover(project, "status", name, "--json")
+        status = drover(prefect_server, "status", name, "--json")
         assert len(re.findall(r'"ready": true', status.stdout)) == 3
     finally:
-        drover(project, "destroy", name, "--yes")
+        drover(prefect_server, "destroy", name, "--yes")
 
     assert ours(name) == []
     folder = storage / name
