@@ -48,24 +48,48 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 Version = Annotated[str | None, typer.Option(help="override the version in the config")]
-@app.command()
-def deploy(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. configs/lab.yaml")],
-           dry_run: Annotated[bool, typer.Option(help="print the plan, change nothing")] = False,
-           talos_version: Version = None, kubernetes_version: Version = None,
-           keep_on_failure: Annotated[bool, typer.Option(
-               help="keep the nodes if a fresh deploy fails")] = False,
-           wait: Wait = None) -> None:
-    """Deploy the cluster CONFIG declares, or finish a deploy that stopped part-way."""
+Config = Annotated[Path, typer.Argument(help="cluster YAML, e.g. configs/lab.yaml")]
+DryRun = Annotated[bool, typer.Option(help="print the diff, change nothing")]
+KeepOnFailure = Annotated[bool, typer.Option(help="keep the nodes if a fresh deploy fails")]
+AllowDowngrade = Annotated[bool, typer.Option(help="allow versions below what the nodes run")]
+
+
+def _converge(config: Path, **parameters: Any) -> dict[str, Any]:
+    """Run deploy-cluster (the converge flow) on CONFIG; config errors before Prefect starts."""
     try:
-        load_spec(config)  # every config error before Prefect starts
+        load_spec(config)
     except SpecError as exc:
         raise fail(exc) from None
     # The flow reads configs only from its config root (a UI form may not name /etc/shadow);
     # from a terminal that root is the folder of the file the operator named.
     os.environ.setdefault("DROVER_CONFIG_ROOT", str(config.resolve().parent))
-    result = run_flow("flows.deploy", "deploy_cluster", config=str(config.resolve()),
-                  talos_version=talos_version, kubernetes_version=kubernetes_version,
-                  dry_run=dry_run, keep_on_failure=keep_on_failure, **busy(wait))
+    result: dict[str, Any] = run_flow("flows.deploy", "deploy_cluster",
+                                      config=str(config.resolve()), **parameters)
+    return result
+
+
+@app.command()
+def diff(config: Config, talos_version: Version = None,
+         kubernetes_version: Version = None) -> None:
+    """Show what `drover apply CONFIG` would change, per node and field (changes nothing)."""
+    result = _converge(config, talos_version=talos_version,
+                       kubernetes_version=kubernetes_version, dry_run=True)
+    out.print(result["diff"], highlight=False, markup=False)
+
+
+@app.command()
+def apply(config: Config, dry_run: DryRun = False, talos_version: Version = None,
+          kubernetes_version: Version = None, keep_on_failure: KeepOnFailure = False,
+          allow_downgrade: AllowDowngrade = False, wait: Wait = None) -> None:
+    """Bring the cluster to CONFIG: create missing nodes, remove surplus ones, apply config
+    changes, upgrade versions, in a quorum-safe order (`deploy` is the same command)."""
+    result = _converge(config, talos_version=talos_version,
+                       kubernetes_version=kubernetes_version, dry_run=dry_run,
+                       keep_on_failure=keep_on_failure, allow_downgrade=allow_downgrade,
+                       **busy(wait))
+    if dry_run:
+        out.print(result["diff"], highlight=False, markup=False)
+        return
     if not result["changed"]:
         for line in result["plan"]:
             out.print(line, highlight=False)
@@ -77,22 +101,40 @@ def deploy(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. confi
         out.print(f"times: {result['note']}", highlight=False)
 
 
-def _status(cluster: str) -> list[dict[str, Any]]:
-    spec = remembered_spec(checked_name(cluster))
+app.command("deploy", help="Deploy the cluster CONFIG declares: the same as apply.")(apply)
+
+
+def _status(cluster: str, config: Path | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each node with its drift from the file (`config`, else the spec drover last applied),
+    and the notes on versions set outside the file."""
+    spec = load_spec(config) if config else remembered_spec(checked_name(cluster))
     if spec is None:
-        return []
+        return [], []
+    from drover.apply import drift, overrides
     from drover.deploy import Infra, observe
 
-    observed = observe(Infra.open(spec))
+    infra = Infra.open(spec)
+    observed = observe(infra)
+    drifted = drift(infra) if observed.nodes else {}
+    notes = [f"{o['field']} was set to {o['value']} by {o['by'].split(' (')[0]} on {o['at']}, "
+             "not by the file" for o in overrides(spec.name)]
     return [{"name": n.name, "role": n.role, "state": n.stage, "ready": n.ready,
-             "address": n.address, "talos_version": n.talos_version}
-            for n in sorted(observed.nodes.values(), key=lambda n: n.name)]
+             "address": n.address, "talos_version": n.talos_version,
+             "drift": drifted.get(n.name, [])}
+            for n in sorted(observed.nodes.values(), key=lambda n: n.name)], notes
 
 
 @app.command()
-def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show every node of CLUSTER: role, lifecycle state, readiness, address, version."""
-    nodes = _status(cluster)
+def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = False,
+           config: Annotated[Path | None, typer.Option(
+               help="compare with this file (default: what drover last applied)")] = None
+           ) -> None:
+    """Show every node of CLUSTER: role, lifecycle state, readiness, address, version, and
+    where it differs from its file (drift)."""
+    try:
+        nodes, notes = _status(cluster, config)
+    except DroverError as exc:
+        raise fail(exc) from None
     if as_json:
         print(json.dumps(nodes, indent=2))
         return
@@ -100,12 +142,15 @@ def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
         out.print(f"{cluster}: no nodes (drover knows no such cluster, or it has none)")
         return
     table = Table(title=cluster, title_justify="left")
-    for column in ("name", "role", "state", "ready", "address", "talos_version"):
+    for column in ("name", "role", "state", "ready", "address", "talos_version", "drift"):
         table.add_column(column)
     for node in nodes:
         table.add_row(*(str(node[c]) for c in ("name", "role", "state", "ready", "address",
-                                                "talos_version")))
+                                                "talos_version")),
+                      "\n".join(node["drift"]) or "-")
     out.print(table)
+    for note in notes:
+        out.print(f"{cluster}: {note}", highlight=False)
 
 
 @app.command()

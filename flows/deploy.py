@@ -1,7 +1,9 @@
-"""deploy-cluster: image → per node, on its own: provision → config push → (first control
-plane: bootstrap etcd, once) → join → health gate → timing report. No node waits for
-another. Convergent: a re-run does only what is missing. The whole run holds the cluster's
-lease; a failed fresh deploy removes only its own nodes."""
+"""deploy-cluster (`drover apply`, `drover deploy`): converge the cluster to its file.
+image → per node, on its own: provision → config push → (first control plane: bootstrap
+etcd, once) → surplus nodes removed → config changes applied → rolling upgrade → health
+gate → timing report. No node waits for another while coming up. Convergent: a re-run does
+only what differs. The whole run holds the cluster's lease; a failed fresh deploy removes
+only its own nodes."""
 
 from __future__ import annotations
 
@@ -10,9 +12,13 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from drover.boundaries import flow_config_path
-from drover.plan import DeployPlan, plan_deploy
+from drover.converge import ApplyPlan
+from drover.errors import DowngradeRefused
+from drover.plan import DeployPlan
 from drover.spec import ClusterSpec, load_spec
-from flows import Step, run_pipelines, start_timer
+from drover.timing import StageTimer
+from flows import Step, run_parallel, run_pipelines, start_timer
+from tasks.apply import plan_apply, reconfigure_node, remove_node
 from tasks.compliance import check_compliance, publish_compliance, runtime_compliance
 from tasks.configure import (
     bootstrap_etcd,
@@ -26,6 +32,7 @@ from tasks.lease import hold_cluster
 from tasks.nodes import clean_up_failed, observe_cluster
 from tasks.provision import provision_node
 from tasks.report import publish_timing
+from tasks.upgrade import uncordon_nodes, upgrade_kubernetes, upgrade_node
 
 STEPS = ["provision", "configure", "bootstrap"]
 
@@ -51,19 +58,60 @@ def node_pipelines(spec: ClusterSpec, plan: DeployPlan, image: str,
     return chains
 
 
+def change_nodes(spec: ClusterSpec, plan: ApplyPlan, timer: StageTimer) -> None:
+    """After the new nodes: remove the surplus (workers in batches, control planes one at a
+    time), apply config changes (control planes one at a time, workers in batches), then
+    the rolling upgrade; each of these waits for its gate as the upgrade flow's do."""
+    budget = spec.spec.upgrade.max_unavailable
+    for label, task, calls in (
+            ("remove", remove_node, [{"spec": spec, "name": n} for n in plan.remove]),
+            ("reconfigure", reconfigure_node,
+             [{"spec": spec, "change": c} for c in plan.reconfigure])):
+        for batch in batches(calls, budget):
+            with timer.stage(f"{label} {' '.join(node_of(c) for c in batch)}"):
+                run_parallel(task, {node_of(c): c for c in batch}, len(batch))
+    upgrade = plan.upgrade
+    if upgrade is None or upgrade.empty:
+        return
+    uncordon_nodes(spec, upgrade.uncordon)
+    image = resolve_image(spec)
+    for batch in upgrade.batches:
+        with timer.stage(f"upgrade {' '.join(batch)}") as stage:
+            timer.nodes(stage, run_parallel(upgrade_node, {name: {
+                "spec": spec, "name": name, "image": image,
+                "talos_version": upgrade.talos_version} for name in batch}, len(batch)))
+    if upgrade.kubernetes_version:
+        with timer.stage("kubernetes"):
+            upgrade_kubernetes(spec, upgrade.kubernetes_version)
+
+
+def node_of(call: dict[str, Any]) -> str:
+    return call["name"] if "name" in call else call["change"].node
+
+
+def batches(calls: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
+    """Control planes one at a time (etcd quorum), then workers `budget` at a time."""
+    cps = [[c] for c in calls if "-cp-" in node_of(c)]
+    workers = [c for c in calls if "-cp-" not in node_of(c)]
+    return cps + [workers[i:i + budget] for i in range(0, len(workers), budget)]
+
+
 @flow(name="deploy-cluster")
 def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None = None,
                    kubernetes_version: str | None = None, dry_run: bool = False,
-                   keep_on_failure: bool = False, if_busy: Literal["fail", "wait"] = "fail",
+                   keep_on_failure: bool = False, allow_downgrade: bool = False,
+                   if_busy: Literal["fail", "wait"] = "fail",
                    wait_seconds: float = 600) -> dict[str, Any]:
-    """Deploy (or finish deploying) the Talos cluster a config file declares.
+    """Converge the Talos cluster a config file declares to that file (`drover apply`):
+    create missing nodes, remove surplus ones, apply config changes, upgrade versions.
 
     Args:
         config: path of the cluster YAML under configs/ (e.g. configs/lab.yaml)
         talos_version: override spec.talos.version (e.g. v1.13.9)
         kubernetes_version: override spec.kubernetes.version (e.g. 1.36.3)
-        dry_run: print the plan and change nothing
+        dry_run: publish the diff (apply-<cluster>-diff) and change nothing
         keep_on_failure: keep the nodes of a failed fresh deploy for debugging
+        allow_downgrade: allow versions below what the cluster runs
         if_busy: when another operation holds the cluster: fail at once, or wait
         wait_seconds: how long to wait for the cluster when if_busy is wait
     """
@@ -71,18 +119,20 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
     spec = load_spec(flow_config_path(config)).with_overrides(talos_version, kubernetes_version)
     static = check_compliance(spec)  # a weakened control stops the run before anything exists
     if dry_run:
-        plan = plan_deploy(spec, observe_cluster(spec))
+        plan = plan_apply(spec, allow_downgrade, dry_run=True)
         for line in plan.describe(spec.name):
             logger.info("dry run: %s", line)
         return {"cluster": spec.name, "changed": False, "dry_run": True,
-                "plan": plan.describe(spec.name)}
+                "plan": plan.describe(spec.name), "diff": plan.markdown(spec.name)}
 
     with hold_cluster(spec, "deploy", if_busy=if_busy, wait_seconds=wait_seconds) as held:
         observed = observe_cluster(spec)
-        plan = plan_deploy(spec, observed)
+        prepare_cluster_dir(spec, nodes_exist=not observed.empty)
+        plan = plan_apply(spec, allow_downgrade)
         for line in plan.describe(spec.name):
             logger.info(line)
-        prepare_cluster_dir(spec, nodes_exist=not observed.empty)
+        if plan.notes:  # the file is behind the cluster: nothing converges until it says
+            raise DowngradeRefused(f"{spec.name}: {'; '.join(plan.notes)}")
         if plan.empty:
             # a run killed after bootstrap left the cluster up but no client configs
             wait_healthy(spec)
@@ -94,22 +144,25 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
         settings = spec.spec.deployment
         timer = start_timer(spec, "deploy")
         run = timer.run
+        new = plan.deploy
         try:
             with timer.stage("image"):
                 image = resolve_image(spec)
-                preflight(spec, plan.create, image)
+                preflight(spec, new.create, image)
             held.check()
-            spans = run_pipelines(node_pipelines(spec, plan, image, held.info.owner),
+            spans = run_pipelines(node_pipelines(spec, new, image, held.info.owner),
                                   settings.max_parallel)
             timer.pipelines(spans, order=STEPS)
-            if plan.bootstrap and not any("bootstrap" in steps for steps in spans.values()):
+            if new.bootstrap and not any("bootstrap" in steps for steps in spans.values()):
                 bootstrap_etcd(spec)  # every control plane was configured by an earlier run
+            held.check()
+            change_nodes(spec, plan, timer)
             with timer.stage("health") as stage:
                 timer.nodes(stage, wait_healthy(spec))
             write_client_configs(spec)
         except Exception:
             publish_timing(timer.finish("failed"))
-            if plan.fresh and not (keep_on_failure or settings.keep_on_failure) \
+            if new.fresh and not (keep_on_failure or settings.keep_on_failure) \
                     and not held.lost:
                 logger.error("%s: fresh deploy failed; removing the nodes it created",
                              spec.name)
@@ -118,4 +171,5 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
     verdict = publish_timing(timer.finish("completed"))
     publish_compliance(spec, runtime_compliance(spec, static))
     return {"cluster": spec.name, "changed": True, "dry_run": False, "verdict": verdict,
+            "plan": plan.describe(spec.name),
             "timing": run.rows(), "critical_path": run.critical_path(), "note": run.clock_note}

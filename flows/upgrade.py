@@ -16,6 +16,7 @@ from drover.errors import NodeFailed
 from drover.plan import UpgradePlan, plan_upgrade, refuse_downgrade
 from drover.spec import ClusterSpec
 from flows import known_spec, run_parallel, start_timer
+from tasks.apply import record_overrides
 from tasks.compliance import check_compliance, publish_compliance, runtime_compliance
 from tasks.configure import prepare_cluster_dir
 from tasks.image import resolve_image
@@ -116,6 +117,7 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
             publish_timing(timer.finish("failed"))
             raise
         prepare_cluster_dir(target, nodes_exist=True)  # later runs use the new versions
+        record_overrides(cluster, talos_version, kubernetes_version)
     verdict = publish_timing(timer.finish("completed"))
     publish_compliance(target, runtime_compliance(target, static))
     return {"cluster": cluster, "changed": True, "upgraded": done, "verdict": verdict,

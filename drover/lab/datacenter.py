@@ -143,7 +143,11 @@ class Datacenter(LabEtcd):
                     con.execute(f"DELETE FROM {table} WHERE {column}=?", (self.cluster,))
 
     # ---- the Talos API ----------------------------------------------------------
-    def apply_config(self, name: str, config: str, insecure: bool) -> None:
+    def apply_config(self, name: str, config: str, insecure: bool,
+                     mode: str = "no-reboot") -> None:
+        """Talos's apply-config: insecurely in maintenance mode (installs, then reboots into
+        it), else authenticated; `mode` reboot takes the node down and back up with the new
+        config (a control plane only while every etcd member is healthy)."""
         with self.store.transaction() as con:
             now = self._advance(con)
             node = self._reachable(con, name)
@@ -154,16 +158,33 @@ class Datacenter(LabEtcd):
                     raise TalosError(f"{name}: node is in maintenance mode and has no "
                                      "certificates yet; apply its first config insecurely")
                 con.execute("UPDATE nodes SET state='installing', since=?, due=?, "
-                            "config_hash=?, talos_version=?, kubernetes_version=? WHERE name=?",
-                            (now, now + self._draw("install", name), digest, version,
-                             kubernetes, name))
+                            "config_hash=?, config=?, talos_version=?, kubernetes_version=? "
+                            "WHERE name=?", (now, now + self._draw("install", name), digest,
+                                             config, version, kubernetes, name))
                 self._event(con, now, name, "installing")
                 return
             if insecure:
                 raise NotInMaintenance(f"{name}: node already has a config; the insecure "
                                        "maintenance API is closed (use the talosconfig)")
-            con.execute("UPDATE nodes SET config_hash=? WHERE name=?", (digest, name))
+            if mode == "reboot":
+                if node.role == "controlplane":
+                    self._refuse_quorum_loss(con, name)
+                con.execute("UPDATE nodes SET state='rebooting', since=?, due=?, ready_at=NULL, "
+                            "ready_due=NULL WHERE name=?",
+                            (now, now + self._draw("reboot", name, 2), name))
+                self._event(con, now, name, "rebooting")
+            con.execute("UPDATE nodes SET config_hash=?, config=? WHERE name=?",
+                        (digest, config, name))
             self._event(con, now, name, "config-updated")
+
+    def machine_config(self, name: str) -> str | None:
+        """The config the node runs (talosctl get machineconfig), None before its first."""
+        with self.store.transaction() as con:
+            self._advance(con)
+            self._reachable(con, name)
+            row = con.execute("SELECT config FROM nodes WHERE name=? AND cluster=?",
+                              (name, self.cluster)).fetchone()
+            return row["config"] if row else None
 
     def bootstrap(self, name: str) -> None:
         with self.store.transaction() as con:

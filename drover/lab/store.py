@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     cpus INTEGER, memory_mib INTEGER, disk_gib INTEGER,
     created_at REAL NOT NULL, running_at REAL, join_due REAL, ready_due REAL, ready_at REAL,
     kubernetes_version TEXT, cordoned INTEGER NOT NULL DEFAULT 0, target_version TEXT,
-    etcd_data TEXT
+    etcd_data TEXT, config TEXT
 );
 CREATE INDEX IF NOT EXISTS nodes_cluster ON nodes(cluster);
 CREATE TABLE IF NOT EXISTS clusters (
@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 1), now REA
 
 #: node columns added after the first release, for lab files made before them
 ADDED_COLUMNS = [("kubernetes_version", "TEXT"), ("cordoned", "INTEGER NOT NULL DEFAULT 0"),
-                 ("target_version", "TEXT"), ("etcd_data", "TEXT")]
+                 ("target_version", "TEXT"), ("etcd_data", "TEXT"), ("config", "TEXT")]
 
 
 class CommitThenRaise(Exception):

@@ -62,8 +62,14 @@ class SnapshotInfo:
 
 class TalosAPI(ABC):
     @abstractmethod
-    def apply_config(self, node: Node, config: str, insecure: bool) -> None:
-        """Push a machine config: insecurely in maintenance mode, authenticated after."""
+    def apply_config(self, node: Node, config: str, insecure: bool,
+                     mode: str = "no-reboot") -> None:
+        """Push a machine config: insecurely in maintenance mode, authenticated after, where
+        `mode` is Talos's apply mode (no-reboot, or reboot for fields that need one)."""
+
+    @abstractmethod
+    def machine_config(self, node: Node) -> str | None:
+        """The machine config the node runs (`talosctl get machineconfig`), None if none."""
 
     @abstractmethod
     def bootstrap(self, node: Node) -> None:

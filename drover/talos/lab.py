@@ -44,9 +44,14 @@ class LabTalos(TalosAPI):
         spec = NodeSpec(name=node.name, role=node.role, pool=node.pool, size=NodeSize())
         return self.lab.create(spec, f"vm:{node.uid}")
 
-    def apply_config(self, node: Node, config: str, insecure: bool) -> None:
+    def apply_config(self, node: Node, config: str, insecure: bool,
+                     mode: str = "no-reboot") -> None:
         self._twin(node)
-        self.lab.apply_config(node.name, config, insecure)
+        self.lab.apply_config(node.name, config, insecure, mode)
+
+    def machine_config(self, node: Node) -> str | None:
+        self._twin(node)
+        return self.lab.machine_config(node.name)
 
     def bootstrap(self, node: Node) -> None:
         self.lab.bootstrap(node.name)

@@ -165,6 +165,13 @@ class Talosctl(TalosAPI):
         tag = image_tag(str(docs[0].get("spec", {}).get("image", ""))) if docs else None
         return tag.removeprefix("v") if tag else None
 
+    def machine_config(self, node: Node) -> str | None:
+        """`get machineconfig -o json`: the spec of the v1alpha1 resource is the config text."""
+        docs = self._retrying(self._get, node, "machineconfig")
+        spec = next((d.get("spec") for d in docs
+                     if d.get("metadata", {}).get("id") == "v1alpha1"), None)
+        return spec if isinstance(spec, str) else None
+
     def machine_status(self, node: Node) -> MachineStatus:
         """Stage and readiness from `get machinestatus`, versions from `version` and the
         kubelet spec. `ready` is Talos's own verdict (its unmet conditions include the
@@ -272,15 +279,17 @@ class Talosctl(TalosAPI):
                                                                        "members"))]
 
     # ---- changes ---------------------------------------------------------------------------
-    def apply_config(self, node: Node, config: str, insecure: bool) -> None:
+    def apply_config(self, node: Node, config: str, insecure: bool,
+                     mode: str = "no-reboot") -> None:
         with private_file(config, self.talosconfig.parent) as path:
-            self._retrying(self._apply_config, node, path, insecure)
+            self._retrying(self._apply_config, node, path, insecure, mode)
 
-    def _apply_config(self, node: Node, path: Path, insecure: bool) -> None:
+    def _apply_config(self, node: Node, path: Path, insecure: bool, mode: str) -> None:
         if insecure:
             self._require_maintenance(node)
         try:
-            self._run(node, ["apply-config"], ["--file", str(path)], insecure=insecure,
+            self._run(node, ["apply-config"], ["--file", str(path)]
+                      + ([] if insecure else ["--mode", mode]), insecure=insecure,
                       timeout=self.timeouts.change)
         except CertificateMismatch as exc:
             if insecure:

@@ -55,7 +55,7 @@ def test_deploy_brings_up_every_declared_node_and_a_rerun_changes_nothing(tmp_pa
     second = deploy_cluster(config=config)
 
     assert second["changed"] is False
-    assert second["plan"] == ["t: nothing to do: every declared node exists and is configured"]
+    assert second["plan"] == ["t: nothing to do: the cluster matches the file"]
     assert sum(1 for _, _, what in lab.events() if what == "created") == 5
 
 
@@ -104,7 +104,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
     config = lab_config(tmp_path)
     result = deploy_cluster(config=config, dry_run=True)
     assert result["dry_run"] is True
-    assert "t: create t-cp-1 (controlplane)" in result["plan"]
+    assert "t: will create t-cp-1 (controlplane)" in result["plan"]
     assert lab_of(config).nodes() == []
 
 

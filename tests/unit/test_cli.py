@@ -89,8 +89,9 @@ def test_status_json_lists_every_node_with_state_readiness_and_version(home: Pat
     nodes = json.loads(result.output)
     assert [n["name"] for n in nodes] == [n.name for n in spec.declared_nodes()]
     assert {tuple(sorted(n)) for n in nodes} == {
-        ("address", "name", "ready", "role", "state", "talos_version")}
+        ("address", "drift", "name", "ready", "role", "state", "talos_version")}
     assert all(n["ready"] is True and n["state"] == "running" for n in nodes)
+    assert all(n["drift"] == [] for n in nodes)  # the cluster runs what drover applied
     assert {n["talos_version"] for n in nodes} == {"v1.13.9"}
 
 

@@ -214,11 +214,20 @@ def test_apply_config_in_maintenance_goes_insecurely_through_a_private_file(talo
     assert CANARY not in caplog.text
 
 
-def test_apply_config_to_a_configured_node_is_authenticated(talos, fake):
-    talos.apply_config(CP1, CONFIG, insecure=False)
+@pytest.mark.parametrize("mode", ["no-reboot", "reboot"])
+def test_apply_config_to_a_configured_node_is_authenticated_with_its_mode(talos, fake, mode):
+    talos.apply_config(CP1, CONFIG, insecure=False, mode=mode)
 
-    assert fake.commands() == [["apply-config", "--file", fake.calls()[0]["file"]]]
+    assert fake.commands() == [["apply-config", "--file", fake.calls()[0]["file"],
+                                "--mode", mode]]
     assert "--insecure" not in fake.calls()[0]["argv"]
+
+
+def test_machine_config_is_the_spec_of_the_v1alpha1_resource(talos, fake):
+    config = talos.machine_config(CP1)
+
+    assert config is not None and config.startswith("version: v1alpha1\nmachine:")
+    assert fake.subcommands() == ["get-machineconfig"]
 
 
 @pytest.mark.parametrize("answer", ["fail:err-tls-certificate-required.txt",
