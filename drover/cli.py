@@ -74,7 +74,7 @@ def diff(config: Config, talos_version: Version = None,
     """Show what `drover apply CONFIG` would change, per node and field (changes nothing)."""
     result = _converge(config, talos_version=talos_version,
                        kubernetes_version=kubernetes_version, dry_run=True)
-    out.print(result["diff"], highlight=False, markup=False)
+    print(result["diff"], end="")  # plain: a markdown table stays whole, for a PR comment
 
 
 @app.command()
@@ -88,7 +88,7 @@ def apply(config: Config, dry_run: DryRun = False, talos_version: Version = None
                        keep_on_failure=keep_on_failure, allow_downgrade=allow_downgrade,
                        **busy(wait))
     if dry_run:
-        out.print(result["diff"], highlight=False, markup=False)
+        print(result["diff"], end="")
         return
     if not result["changed"]:
         for line in result["plan"]:
