@@ -48,7 +48,8 @@ def write_config(folder: Path, name: str, profile: str, clock: str) -> str:
     patches.mkdir(exist_ok=True)
     for patch in (REPO / "configs" / "patches").glob("*.yaml"):
         shutil.copy(patch, patches / patch.name)
-    data["spec"]["provider"] = {"kind": "lab", "profile": profile, "clock": clock, "seed": 1}
+    data["spec"]["provider"] = {"kind": "lab", "profile": profile, "clock": clock, "seed": 1,
+                                "network": "10.5.0.0/16"}  # room for 250 clusters
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
