@@ -19,6 +19,7 @@ from rich.table import Table
 
 from drover.cli_common import Wait, busy, checked_name, err, fail, out, run_flow
 from drover.cli_compliance import compliance_app
+from drover.cli_predict import predict
 from drover.cli_state import recover, secrets_app
 from drover.errors import DroverError, SpecError
 from drover.home import drover_home, remembered_spec
@@ -31,6 +32,7 @@ config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(compliance_app, name="compliance")
+app.command()(predict)
 app.command()(recover)
 def _timing_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"deploy {result['cluster']}", title_justify="left")
@@ -97,6 +99,8 @@ def apply(config: Config, dry_run: DryRun = False, talos_version: Version = None
     out.print(_timing_table(result))
     out.print(f"[bold]{result['verdict']}[/bold]", highlight=False)
     out.print(f"critical path: {result['critical_path']}", highlight=False)
+    if result.get("predicted"):
+        out.print(result["predicted"], highlight=False)
     if result.get("note"):
         out.print(f"times: {result['note']}", highlight=False)
 

@@ -15,6 +15,7 @@ from drover.boundaries import flow_config_path
 from drover.converge import ApplyPlan
 from drover.errors import DowngradeRefused
 from drover.plan import DeployPlan
+from drover.predict import predicted_line
 from drover.spec import ClusterSpec, load_spec
 from drover.timing import StageTimer
 from flows import Step, run_parallel, run_pipelines, start_timer
@@ -170,6 +171,9 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
             raise
     verdict = publish_timing(timer.finish("completed"))
     publish_compliance(spec, runtime_compliance(spec, static))
+    predicted = predicted_line(spec.name, run.total)  # what drover predict said, if it ran
+    if predicted:
+        logger.info("%s: %s", spec.name, predicted)
     return {"cluster": spec.name, "changed": True, "dry_run": False, "verdict": verdict,
-            "plan": plan.describe(spec.name),
+            "plan": plan.describe(spec.name), "predicted": predicted,
             "timing": run.rows(), "critical_path": run.critical_path(), "note": run.clock_note}
