@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Debian packages the system tests use: a real sshd on 127.0.0.1 for paramiko, and QEMU
 # with the tools that build and boot the tiny test image (kernel + busybox initramfs).
 SYSTEM_PACKAGES := openssh-server openssh-client qemu-system-x86 qemu-utils busybox-static \
-	cpio genisoimage libvirt-daemon-system libvirt-clients
+	cpio genisoimage libvirt-daemon-system libvirt-clients postgresql
 
 .PHONY: install deploy test system-deps soak
 

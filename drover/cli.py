@@ -20,6 +20,7 @@ from rich.table import Table
 from drover.cli_common import Wait, busy, checked_name, err, fail, out, run_flow
 from drover.cli_compliance import compliance_app
 from drover.cli_predict import predict
+from drover.cli_server import server_app
 from drover.cli_state import recover, secrets_app
 from drover.errors import DroverError, SpecError
 from drover.home import drover_home, remembered_spec
@@ -32,6 +33,7 @@ config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(compliance_app, name="compliance")
+app.add_typer(server_app, name="server")
 app.command()(predict)
 app.command()(recover)
 def _timing_table(result: dict[str, Any]) -> Table:

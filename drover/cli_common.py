@@ -22,8 +22,22 @@ Wait = Annotated[float | None, typer.Option(
 
 
 def prefect_env() -> None:
-    # Before Prefect is imported: the server's telemetry only adds SQLite lock noise here.
+    """Before Prefect is imported: no telemetry (it only adds SQLite lock noise), a running
+    `drover server` used when there is one (runs show in its UI), else Prefect's temporary
+    server, said once, with time to start on a busy machine."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from drover import server
+
+    url = server.api_url()
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    else:
+        err.print("no drover server running: using a temporary Prefect server "
+                  "(`drover server start` keeps one, and shows the runs in its UI)",
+                  highlight=False)
 
 
 def fail(exc: Exception, code: int = 1) -> typer.Exit:
