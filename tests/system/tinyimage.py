@@ -10,6 +10,7 @@ with `apt-get download`, `dpkg-deb -x` and `cpio`; nothing is installed on the m
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -46,8 +47,9 @@ else
   echo "DROVER-CIDATA none"
 fi
 ip link set lo up
-ip link set eth0 up && udhcpc -i eth0 -s /usr/share/udhcpc/default.script -q -t 10 -n \\
-  -x hostname:"$(hostname)" && echo "DROVER-NET-UP $(ip -4 -o addr show eth0)"
+# no -n: on a starved host (many TCG guests on few cores) it keeps asking, never gives up
+ip link set eth0 up && udhcpc -i eth0 -s /usr/share/udhcpc/default.script -q -t 5 -T 2 \\
+  -A 1 -x hostname:"$(hostname)" && echo "DROVER-NET-UP $(ip -4 -o addr show eth0)"
 echo "DROVER-TINY-DONE"
 while true; do sleep 3600; done
 """
@@ -76,10 +78,11 @@ def _kernel_package() -> str:
 
 
 def build() -> tuple[Path, Path]:
-    """(vmlinuz, initramfs.cpio.gz), built once and cached."""
+    """(vmlinuz, initramfs.cpio.gz), built once and cached (again when the init changes)."""
     folder = cache_dir()
-    kernel, initrd = folder / "vmlinuz", folder / "initramfs.cpio.gz"
-    if kernel.exists() and initrd.exists():
+    kernel, initrd, stamp = folder / "vmlinuz", folder / "initramfs.cpio.gz", folder / "init.sha256"
+    version = hashlib.sha256((INIT + DHCP_SCRIPT + " ".join(MODULES)).encode()).hexdigest()
+    if kernel.exists() and initrd.exists() and stamp.exists() and stamp.read_text() == version:
         return kernel, initrd
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,4 +118,5 @@ def build() -> tuple[Path, Path]:
         tmp_kernel.replace(kernel)
     for path in (kernel, initrd):
         path.chmod(0o644)  # qemu runs as libvirt-qemu and reads them
+    stamp.write_text(version)
     return kernel, initrd
