@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from drover.lab.clock import Clock
+from drover.lease import process_alive
 from drover.statefile import sqlite_connect, sqlite_errors
 
 #: a run still "running" after this long (wall clock) is taken for killed, whatever its pid
@@ -269,18 +270,7 @@ class History:
     def _gone(self, pid: int | None, host: str | None, began_at: float | None) -> bool:
         if began_at is None or self.wall() - began_at > STALE_AFTER:
             return True
-        return host == socket.gethostname() and pid is not None and not pid_alive(pid)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this host (a reused pid reads as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
+        return host == socket.gethostname() and pid is not None and not process_alive(pid)
 
 
 def percentile(values: list[float], pct: float) -> float:

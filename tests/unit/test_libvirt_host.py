@@ -6,7 +6,6 @@ boot file uploaded once per host however many nodes ask, the connection timed on
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -32,13 +31,15 @@ class Recorded:
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers, self.commands, self.uploads = answers, [], []
         self.opened_at, self.connect_seconds = 50.0, 0.06
+        self.uploading, self.release = threading.Event(), threading.Event()
 
     def run(self, command, timeout, stdin=None, *, check=True):
         self.commands.append(list(command))
         return CommandResult(list(command), 0, self.answers.get(command[-1], ""), "")
 
     def upload(self, local, remote, timeout=300.0, mode=None):
-        time.sleep(0.01)  # long enough for the other threads to pile up behind it
+        self.uploading.set()
+        self.release.wait(timeout=30)  # held open until the test has started every asker
         self.uploads.append(remote)
         return Upload(remote, "ab" * 32, False, 1, 0)
 
@@ -99,8 +100,11 @@ def test_a_boot_file_goes_to_a_host_once_however_many_nodes_ask_at_once(host, tm
     results = []
     threads = [threading.Thread(target=lambda: results.append(
         h.upload_once(local, "ab" * 32, "/s/base"))) for _ in range(6)]
-    for t in threads:
-        t.start()
+    threads[0].start()
+    assert conn.uploading.wait(timeout=30)  # the first upload is under way ...
+    for t in threads[1:]:
+        t.start()  # ... while the others ask
+    conn.release.set()
     for t in threads:
         t.join()
 
