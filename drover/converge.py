@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from drover.plan import DeployPlan, Observed, UpgradePlan, version_key
+from drover.spec import split_node_name
 
 #: What Talos v1.13 applies to a running node without a reboot (machined's
 #: CanApplyImmediate); any other change needs one. From v1.14 every change is applied
@@ -70,7 +71,8 @@ class ApplyPlan:
         if self.deploy.bootstrap:
             lines.append(f"{cluster}: will bootstrap etcd on the first control plane")
         lines += [f"{cluster}: will drain and delete {name}"
-                  + (" (its etcd member first)" if "-cp-" in name else "")
+                  + (" (its etcd member first)" if split_node_name(cluster, name)[0] == "cp"
+                     else "")
                   for name in self.remove]
         for change in self.reconfigure:
             lines.append(f"{cluster}: will apply {len(change.changes)} config change(s) to "

@@ -16,7 +16,7 @@ from drover.converge import ApplyPlan
 from drover.errors import DowngradeRefused
 from drover.plan import DeployPlan
 from drover.predict import predicted_line
-from drover.spec import ClusterSpec, load_spec
+from drover.spec import ClusterSpec, load_spec, split_node_name
 from drover.timing import StageTimer
 from flows import Step, run_parallel, run_pipelines, start_timer
 from tasks.apply import plan_apply, reconfigure_node, remove_node
@@ -59,7 +59,7 @@ def node_pipelines(spec: ClusterSpec, plan: DeployPlan, image: str,
     return chains
 
 
-def change_nodes(spec: ClusterSpec, plan: ApplyPlan, timer: StageTimer) -> None:
+def change_nodes(spec: ClusterSpec, plan: ApplyPlan, image: str, timer: StageTimer) -> None:
     """After the new nodes: remove the surplus (workers in batches, control planes one at a
     time), apply config changes (control planes one at a time, workers in batches), then
     the rolling upgrade; each of these waits for its gate as the upgrade flow's do."""
@@ -68,14 +68,13 @@ def change_nodes(spec: ClusterSpec, plan: ApplyPlan, timer: StageTimer) -> None:
             ("remove", remove_node, [{"spec": spec, "name": n} for n in plan.remove]),
             ("reconfigure", reconfigure_node,
              [{"spec": spec, "change": c} for c in plan.reconfigure])):
-        for batch in batches(calls, budget):
+        for batch in batches(spec, calls, budget):
             with timer.stage(f"{label} {' '.join(node_of(c) for c in batch)}"):
                 run_parallel(task, {node_of(c): c for c in batch}, len(batch))
     upgrade = plan.upgrade
     if upgrade is None or upgrade.empty:
         return
     uncordon_nodes(spec, upgrade.uncordon)
-    image = resolve_image(spec)
     for batch in upgrade.batches:
         with timer.stage(f"upgrade {' '.join(batch)}") as stage:
             timer.nodes(stage, run_parallel(upgrade_node, {name: {
@@ -90,10 +89,12 @@ def node_of(call: dict[str, Any]) -> str:
     return call["name"] if "name" in call else call["change"].node
 
 
-def batches(calls: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
+def batches(spec: ClusterSpec, calls: list[dict[str, Any]],
+            budget: int) -> list[list[dict[str, Any]]]:
     """Control planes one at a time (etcd quorum), then workers `budget` at a time."""
-    cps = [[c] for c in calls if "-cp-" in node_of(c)]
-    workers = [c for c in calls if "-cp-" not in node_of(c)]
+    control = [split_node_name(spec.name, node_of(c))[0] == "cp" for c in calls]
+    cps = [[c] for c, cp in zip(calls, control, strict=True) if cp]
+    workers = [c for c, cp in zip(calls, control, strict=True) if not cp]
     return cps + [workers[i:i + budget] for i in range(0, len(workers), budget)]
 
 
@@ -157,7 +158,7 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
             if new.bootstrap and not any("bootstrap" in steps for steps in spans.values()):
                 bootstrap_etcd(spec)  # every control plane was configured by an earlier run
             held.check()
-            change_nodes(spec, plan, timer)
+            change_nodes(spec, plan, image, timer)
             with timer.stage("health") as stage:
                 timer.nodes(stage, wait_healthy(spec))
             write_client_configs(spec)
