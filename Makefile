@@ -6,9 +6,10 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 # Debian packages the system tests use: a real sshd on 127.0.0.1 for paramiko, and QEMU
-# with the tools that build and boot the tiny test image (kernel + busybox initramfs).
+# with the tools that build and boot the tiny test image (kernel + busybox initramfs);
+# PostgreSQL for the fleet server; Chromium (headless) to load the Prefect UI pages.
 SYSTEM_PACKAGES := openssh-server openssh-client qemu-system-x86 qemu-utils busybox-static \
-	cpio genisoimage libvirt-daemon-system libvirt-clients postgresql
+	cpio genisoimage libvirt-daemon-system libvirt-clients postgresql chromium
 
 .PHONY: install deploy test system-deps soak
 
