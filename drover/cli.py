@@ -1,8 +1,10 @@
 """The `drover` command: the same flows as the Prefect UI, from a terminal.
 
-Flows run in Prefect's ephemeral mode unless PREFECT_API_URL points at a
-server. Flows are imported inside the commands, so `drover schema` and
-`drover config render` start instantly and the library stays Prefect-free.
+Flows run against `drover server` when it runs, else Prefect's temporary server. Flows are
+imported inside the commands, so `drover schema`, `drover status` and every refusal of an
+unknown cluster start instantly and the library stays Prefect-free. Prefect's log lines
+show with -v (they always reach the UI); a drover error is one line (a traceback with
+--debug), exit 2 for usage, config and unknown names, 1 for a failed operation.
 """
 
 from __future__ import annotations
@@ -10,25 +12,38 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from drover.cli_common import Wait, busy, checked_name, err, fail, out, run_flow
+from drover.cli_common import (
+    DroverGroup,
+    Wait,
+    busy,
+    checked_name,
+    err,
+    fail,
+    known_cluster,
+    known_node,
+    known_spec,
+    live_view,
+    out,
+    run_flow,
+    set_options,
+)
 from drover.cli_compliance import compliance_app
 from drover.cli_predict import predict
+from drover.cli_report import report
 from drover.cli_server import server_app
 from drover.cli_state import recover, secrets_app
 from drover.errors import DroverError, SpecError
-from drover.home import drover_home, remembered_spec
 from drover.spec import json_schema, load_spec
-from drover.timing import History, format_duration, percentile
+from drover.timing import format_duration
 
-app = typer.Typer(help="Deploy, upgrade, heal and replace Talos Kubernetes clusters.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(cls=DroverGroup, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Deploy, upgrade, heal and replace Talos Kubernetes clusters.")
 config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
@@ -36,6 +51,20 @@ app.add_typer(compliance_app, name="compliance")
 app.add_typer(server_app, name="server")
 app.command()(predict)
 app.command()(recover)
+app.command()(report)
+DRY_RUN = "dry run: nothing was changed"
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option(
+             "--verbose", "-v", help="show Prefect's log lines (the UI always has them)")
+         ] = False,
+         debug: Annotated[bool, typer.Option(
+             help="show the traceback of a drover error")] = False) -> None:
+    """Deploy, upgrade, heal and replace Talos Kubernetes clusters."""
+    set_options(verbose, debug)
+
+
 def _timing_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"deploy {result['cluster']}", title_justify="left")
     for column in ("stage", "duration", "nodes", "slowest node"):
@@ -46,9 +75,13 @@ def _timing_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _print_plan(result: dict[str, Any]) -> None:
+def _print_plan(result: dict[str, Any], dry_run: bool) -> None:
+    """The plan lines of a dry run under their label, or the "nothing to do" line of a run
+    that changed nothing."""
+    if dry_run:
+        out.print(DRY_RUN, highlight=False)
     for line in result.get("plan", []):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False)
 
 
 Version = Annotated[str | None, typer.Option(help="override the version in the config")]
@@ -58,7 +91,7 @@ KeepOnFailure = Annotated[bool, typer.Option(help="keep the nodes if a fresh dep
 AllowDowngrade = Annotated[bool, typer.Option(help="allow versions below what the nodes run")]
 
 
-def _converge(config: Path, **parameters: Any) -> dict[str, Any]:
+def _converge(config: Path, dry_run: bool, **parameters: Any) -> dict[str, Any]:
     """Run deploy-cluster (the converge flow) on CONFIG; config errors before Prefect starts."""
     try:
         load_spec(config)
@@ -68,7 +101,9 @@ def _converge(config: Path, **parameters: Any) -> dict[str, Any]:
     # from a terminal that root is the folder of the file the operator named.
     os.environ.setdefault("DROVER_CONFIG_ROOT", str(config.resolve().parent))
     result: dict[str, Any] = run_flow("flows.deploy", "deploy_cluster",
-                                      config=str(config.resolve()), **parameters)
+                                      view=None if dry_run else live_view(),
+                                      config=str(config.resolve()), dry_run=dry_run,
+                                      **parameters)
     return result
 
 
@@ -78,6 +113,7 @@ def diff(config: Config, talos_version: Version = None,
     """Show what `drover apply CONFIG` would change, per node and field (changes nothing)."""
     result = _converge(config, talos_version=talos_version,
                        kubernetes_version=kubernetes_version, dry_run=True)
+    err.print(DRY_RUN, highlight=False)  # stdout stays the table alone
     print(result["diff"], end="")  # plain: a markdown table stays whole, for a PR comment
 
 
@@ -92,19 +128,19 @@ def apply(config: Config, dry_run: DryRun = False, talos_version: Version = None
                        keep_on_failure=keep_on_failure, allow_downgrade=allow_downgrade,
                        **busy(wait))
     if dry_run:
+        out.print(DRY_RUN, highlight=False)
         print(result["diff"], end="")
         return
     if not result["changed"]:
-        for line in result["plan"]:
-            out.print(line, highlight=False)
+        _print_plan(result, dry_run=False)
         return
     out.print(_timing_table(result))
     out.print(f"[bold]{result['verdict']}[/bold]", highlight=False)
-    out.print(f"critical path: {result['critical_path']}", highlight=False)
+    out.print(f"critical path: {result['critical_path']}", highlight=False, markup=False)
     if result.get("predicted"):
-        out.print(result["predicted"], highlight=False)
+        out.print(result["predicted"], highlight=False, markup=False)
     if result.get("note"):
-        out.print(f"times: {result['note']}", highlight=False)
+        out.print(f"times: {result['note']}", highlight=False, markup=False)
 
 
 app.command("deploy", help="Deploy the cluster CONFIG declares: the same as apply.")(apply)
@@ -113,9 +149,7 @@ app.command("deploy", help="Deploy the cluster CONFIG declares: the same as appl
 def _status(cluster: str, config: Path | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Each node with its drift from the file (`config`, else the spec drover last applied),
     and the notes on versions set outside the file."""
-    spec = load_spec(config) if config else remembered_spec(checked_name(cluster))
-    if spec is None:
-        return [], []
+    spec = load_spec(config) if config else known_spec(cluster)
     from drover.apply import drift, overrides
     from drover.deploy import Infra, observe
 
@@ -145,7 +179,7 @@ def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
         print(json.dumps(nodes, indent=2))
         return
     if not nodes:
-        out.print(f"{cluster}: no nodes (drover knows no such cluster, or it has none)")
+        out.print(f"{cluster}: no nodes", highlight=False, markup=False)
         return
     table = Table(title=cluster, title_justify="left")
     for column in ("name", "role", "state", "ready", "address", "talos_version", "drift"):
@@ -156,7 +190,7 @@ def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
                       "\n".join(node["drift"]) or "-")
     out.print(table)
     for note in notes:
-        out.print(f"{cluster}: {note}", highlight=False)
+        out.print(f"{cluster}: {note}", highlight=False, markup=False)
 
 
 @app.command()
@@ -166,9 +200,9 @@ def destroy(cluster: str, yes: Annotated[bool, typer.Option("--yes", help="confi
                 help="the cluster's YAML, if drover's remembered copy is damaged")] = None
             ) -> None:
     """Delete every node of CLUSTER and forget its secrets."""
-    cluster = checked_name(cluster)
+    cluster = known_cluster(cluster) if config is None else checked_name(cluster)
     if not yes and not dry_run:
-        err.print(f"refusing to destroy {cluster} without --yes")
+        err.print(f"refusing to destroy {cluster} without --yes", highlight=False)
         raise typer.Exit(2)
     if config is not None:
         os.environ.setdefault("DROVER_CONFIG_ROOT", str(config.resolve().parent))
@@ -176,9 +210,11 @@ def destroy(cluster: str, yes: Annotated[bool, typer.Option("--yes", help="confi
                       dry_run=dry_run, config=str(config.resolve()) if config else None,
                       **busy(wait))
     if dry_run:
-        out.print(f"{cluster}: would delete {', '.join(result['would_delete']) or 'nothing'}")
+        out.print(DRY_RUN, highlight=False)
+        out.print(f"{cluster}: would delete {', '.join(result['would_delete']) or 'nothing'}",
+                  highlight=False)
     else:
-        out.print(f"{cluster}: deleted {len(result['deleted'])} node(s)")
+        out.print(f"{cluster}: deleted {len(result['deleted'])} node(s)", highlight=False)
 
 
 @app.command()
@@ -190,14 +226,16 @@ def upgrade(cluster: str, talos_version: Version = None, kubernetes_version: Ver
                 help="allow a version below what the nodes run")] = False,
             wait: Wait = None) -> None:
     """Roll CLUSTER to a Talos and/or Kubernetes version, never risking etcd quorum."""
-    result = run_flow("flows.upgrade", "upgrade_cluster", cluster=checked_name(cluster),
-                  talos_version=talos_version, kubernetes_version=kubernetes_version,
-                  max_unavailable=max_unavailable, dry_run=dry_run,
-                  allow_downgrade=allow_downgrade, **busy(wait))
-    _print_plan(result)
-    if result["changed"]:
-        out.print(f"{cluster}: upgraded {', '.join(result['upgraded']) or 'no node'}; "
-                  f"{result['verdict']}", highlight=False)
+    cluster = known_spec(cluster).name
+    result = run_flow("flows.upgrade", "upgrade_cluster", view=None if dry_run else live_view(),
+                      cluster=cluster, talos_version=talos_version,
+                      kubernetes_version=kubernetes_version, max_unavailable=max_unavailable,
+                      dry_run=dry_run, allow_downgrade=allow_downgrade, **busy(wait))
+    if dry_run or not result["changed"]:
+        _print_plan(result, dry_run)
+        return
+    out.print(f"{cluster}: upgraded {', '.join(result['upgraded']) or 'no node'}; "
+              f"{result['verdict']}", highlight=False, markup=False)
 
 
 @app.command()
@@ -206,14 +244,17 @@ def replace(cluster: str, node: str,
             dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False,
             wait: Wait = None) -> None:
     """Replace NODE of CLUSTER with a fresh node (for a control plane, etcd-safely)."""
-    result = run_flow("flows.replace", "replace_node", cluster=checked_name(cluster), node=node,
-                  reason=reason, dry_run=dry_run, **busy(wait))
-    _print_plan(result)
-    if result.get("by"):
+    spec = known_spec(cluster)
+    cluster, node = spec.name, known_node(spec, node)
+    result = run_flow("flows.replace", "replace_node", view=None if dry_run else live_view(),
+                      cluster=cluster, node=node, reason=reason, dry_run=dry_run, **busy(wait))
+    if dry_run:
+        _print_plan(result, dry_run)
+    elif result.get("by"):
         out.print(f"{cluster}: {node} replaced by {result['by']}; {result['verdict']}",
-                  highlight=False)
-    elif not dry_run:
-        out.print(f"{cluster}: {node} is already gone; nothing to do")
+                  highlight=False, markup=False)
+    else:
+        out.print(f"{cluster}: {node} is already gone; nothing to do", highlight=False)
 
 
 @app.command()
@@ -222,47 +263,21 @@ def health(cluster: str,
                help="seconds a node may fail before replacement is requested")] = None,
            max_unhealthy_percent: Annotated[int | None, typer.Option()] = None) -> None:
     """Check CLUSTER; request replacement of nodes failing too long (a Prefect event)."""
-    result = run_flow("flows.health", "check_health", cluster=checked_name(cluster),
-                  unhealthy_after_seconds=unhealthy_after,
-                  max_unhealthy_percent=max_unhealthy_percent)
+    cluster = known_spec(cluster).name
+    result = run_flow("flows.health", "check_health", cluster=cluster,
+                      unhealthy_after_seconds=unhealthy_after,
+                      max_unhealthy_percent=max_unhealthy_percent)
     if not result["unhealthy"]:
-        out.print(f"{cluster}: every node healthy")
+        out.print(f"{cluster}: every node healthy", highlight=False)
     for node in result["replace"]:
-        out.print(f"{cluster}: {node} unhealthy too long: replacement requested")
+        out.print(f"{cluster}: {node} unhealthy too long: replacement requested",
+                  highlight=False)
     for node, seconds in result["waiting"].items():
-        out.print(f"{cluster}: {node} unhealthy for {format_duration(seconds)}")
+        out.print(f"{cluster}: {node} unhealthy for {format_duration(seconds)}",
+                  highlight=False)
     if result["alert"]:
         err.print(f"alert: {result['alert']}", highlight=False, markup=False)
         raise typer.Exit(1)
-
-
-@app.command()
-def report(cluster: str, flow: Annotated[str, typer.Option(help="deploy, upgrade, ...")] = "deploy"
-           ) -> None:
-    """The timing history of CLUSTER: every run, and p50/p95 against target and baseline."""
-    try:
-        runs = History(drover_home() / "history.db").runs(checked_name(cluster), flow)
-    except DroverError as exc:
-        raise fail(exc) from None
-    if not runs:
-        out.print(f"{cluster}: no {flow} runs recorded")
-        return
-    table = Table(title=f"{flow} {cluster}: {len(runs)} run(s)", title_justify="left")
-    for column in ("started", "outcome", "total", "verdict"):
-        table.add_column(column)
-    from datetime import datetime
-
-    for run in runs:
-        started = datetime.fromtimestamp(run.started, UTC).strftime("%Y-%m-%d %H:%M")
-        table.add_row(started, run.outcome, format_duration(run.total), run.verdict())
-    out.print(table)
-    done = [r.total for r in runs if r.outcome == "completed"]
-    if done:
-        last = runs[-1]
-        out.print(f"completed runs: p50 {format_duration(percentile(done, 50))}, "
-                  f"p95 {format_duration(percentile(done, 95))}; target "
-                  f"{format_duration(last.target_seconds)}, baseline "
-                  f"{format_duration(last.baseline_seconds)}", highlight=False)
 
 
 @config_app.command("render")

@@ -1,30 +1,62 @@
-"""What every `drover` command shares: the consoles, running a flow in this process, and
-turning drover's errors into one line and an exit code (2: usage or config, 1: failed)."""
+"""What every `drover` command shares: the consoles, the global options (-v shows Prefect's
+log lines, --debug a traceback), running a flow in this process, the names of what exists
+(an unknown cluster, node or flow is refused with them before Prefect starts), and turning
+drover's errors into one line and an exit code (2: usage, config or unknown name; 1: failed)."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
-from typing import Annotated, Any
+import traceback
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from drover.boundaries import cluster_name
-from drover.errors import DroverError, InvalidName, SpecError
+from drover.boundaries import cluster_name, node_name
+from drover.errors import DroverError, InvalidName, NodeNotFound, SpecError
 
-out = Console()
+if TYPE_CHECKING:
+    from drover.spec import ClusterSpec
+
+out = Console(soft_wrap=True)  # summary lines stay whole: a terminal wraps them, not rich
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole, for grep and CI logs
 
 Wait = Annotated[float | None, typer.Option(
     "--wait", metavar="SECONDS",
     help="if another operation holds the cluster, wait up to SECONDS (default: fail at once)")]
+CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+HIDDEN = "CRITICAL"  # what Prefect's console handler still shows by default (nothing it logs)
+
+
+@dataclass
+class Options:
+    """The global options, set by the app's callback before any command runs."""
+
+    verbose: bool = False
+    debug: bool = False
+
+
+options = Options()
+
+
+def set_options(verbose: bool, debug: bool) -> None:
+    options.verbose, options.debug = verbose, debug
 
 
 def prefect_env() -> None:
-    """Before Prefect is imported: no telemetry (it only adds SQLite lock noise), a running
+    """Before Prefect is imported: its console log lines hidden unless -v (they still reach
+    the API, so the UI shows them), no telemetry (it only adds SQLite lock noise), a running
     `drover server` used when there is one (runs show in its UI), else Prefect's temporary
     server, said once, with time to start on a busy machine."""
+    if options.verbose:
+        os.environ[CONSOLE_LEVEL] = "NOTSET"
+    elif os.environ.get(CONSOLE_LEVEL) in (None, "NOTSET"):
+        os.environ[CONSOLE_LEVEL] = HIDDEN
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if os.environ.get("PREFECT_API_URL"):
@@ -40,27 +72,72 @@ def prefect_env() -> None:
                   highlight=False)
 
 
-def fail(exc: Exception, code: int = 1) -> typer.Exit:
-    """Print `exc` as one error line (a SpecError as one line per problem); the Exit to raise.
-    Config and usage errors (SpecError, InvalidName, other ValueErrors) exit 2."""
+def quiet_console() -> None:
+    """Give Prefect's console handlers (already configured when Prefect was imported earlier
+    in this process) the level prefect_env chose."""
+    level = logging.getLevelName(os.environ.get(CONSOLE_LEVEL, "NOTSET"))
+    for name in (None, "uvicorn", "fastapi"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ == "PrefectConsoleHandler":
+                handler.setLevel(level if isinstance(level, int) else logging.CRITICAL)
+
+
+def fail(exc: BaseException, code: int = 1) -> typer.Exit:
+    """Print `exc` as one error line (a SpecError as one line per problem; with --debug the
+    traceback first); the Exit to raise. Config and usage errors (SpecError, InvalidName,
+    other ValueErrors) exit 2, others `code`."""
+    if options.debug:
+        err.print("".join(traceback.format_exception(exc)), end="", highlight=False,
+                  markup=False)
     if isinstance(exc, SpecError):
-        err.print(f"[red]error:[/red] {exc.source}: {len(exc.issues)} problem(s):", highlight=False)
+        err.print(f"error: {exc.source}: {len(exc.issues)} problem(s):", highlight=False,
+                  markup=False)
         for issue in exc.issues:
             err.print(f"  {exc.source}: {issue}", highlight=False, markup=False)
         return typer.Exit(2)
-    err.print("[red]error:[/red] ", end="", highlight=False)
+    err.print("error:", style="red", end=" ", highlight=False)
     err.print(str(exc), highlight=False, markup=False)
     return typer.Exit(2 if isinstance(exc, ValueError) else code)
 
 
-def run_flow(flow_module: str, flow_name: str, **parameters: Any) -> Any:
-    """Run one of drover's flows in this process; drover's own errors end the command."""
+class DroverGroup(TyperGroup):
+    """The `drover` command group: a drover error that no command caught ends the command
+    as one line and an exit code, never as a traceback (unless --debug)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (DroverError, ValueError) as exc:
+            raise fail(exc) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
+
+
+def run_flow(flow_module: str, flow_name: str, view: AbstractContextManager[Any] | None = None,
+             **parameters: Any) -> Any:
+    """Run one of drover's flows in this process (inside `view`, the live view, if given);
+    drover's own errors end the command."""
     prefect_env()
     flow = getattr(importlib.import_module(flow_module), flow_name)
+    quiet_console()
     try:
-        return flow(**parameters)
+        with view or nullcontext():
+            return flow(**parameters)
     except (DroverError, ValueError) as exc:
         raise fail(exc) from None
+
+
+def live_view() -> AbstractContextManager[Any]:
+    """The live view per node (drover.cli_live) while a flow deploys, upgrades or replaces;
+    none with -v (Prefect's log lines show instead)."""
+    if options.verbose:
+        return nullcontext()
+    try:
+        from drover.cli_live import live  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # built beside this; until it is there, no view
+        return nullcontext()
+    return live(err)  # type: ignore[no-any-return,unused-ignore]
 
 
 def busy(wait: float | None) -> dict[str, Any]:
@@ -74,3 +151,64 @@ def checked_name(cluster: str) -> str:
         return cluster_name(cluster)
     except InvalidName as exc:
         raise fail(exc) from None
+
+
+def known_clusters() -> list[str]:
+    """The clusters drover keeps a folder for in $DROVER_HOME, sorted."""
+    from drover.home import drover_home
+
+    folder = drover_home() / "clusters"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def unknown_cluster(cluster: str, hint: str = "deploy one with drover deploy CONFIG"
+                    ) -> typer.Exit:
+    """The Exit (2) for a cluster drover does not know, naming the ones it does."""
+    known = known_clusters()
+    return fail(NodeNotFound(
+        f"{cluster}: drover knows no such cluster; "
+        + (f"known: {', '.join(known)}" if known else "it knows none yet") + f" ({hint})"),
+        code=2)
+
+
+def known_cluster(cluster: str) -> str:
+    """A checked cluster name that drover keeps a folder for, else exit 2 naming the known
+    ones; reads no spec (destroy must work on a cluster whose file broke)."""
+    name = checked_name(cluster)
+    if name not in known_clusters():
+        raise unknown_cluster(name)
+    return name
+
+
+def known_spec(cluster: str) -> ClusterSpec:
+    """The remembered spec of a cluster drover deployed, else exit 2 naming the known ones."""
+    from drover.home import remembered_spec
+
+    name = checked_name(cluster)
+    try:
+        spec = remembered_spec(name)
+    except DroverError as exc:
+        raise fail(exc) from None
+    if spec is None:
+        raise unknown_cluster(name)
+    return spec
+
+
+def known_node(spec: ClusterSpec, node: str) -> str:
+    """`node` (full name, or the part after the cluster's name) if the cluster has it now,
+    else exit 2 naming its nodes."""
+    from drover.deploy import Infra, observe
+    from drover.plan import natural
+
+    try:
+        nodes = sorted(observe(Infra.open(spec)).nodes, key=natural)
+        if node not in nodes and f"{spec.name}-{node}" in nodes:
+            return f"{spec.name}-{node}"  # lab-worker-2 may be called worker-2
+        if node_name(spec.name, node) in nodes:  # a malformed name: InvalidName, exit 2
+            return node
+    except DroverError as exc:
+        raise fail(exc) from None
+    raise fail(NodeNotFound(
+        f"{spec.name}: no node {node} (never there, or replaced already); its nodes: "
+        + (", ".join(nodes) or "none")), code=2)
+

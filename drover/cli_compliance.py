@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from drover.cli_common import checked_name, fail, out
+from drover.cli_common import checked_name, fail, known_clusters, out, unknown_cluster
 from drover.compliance.history import ComplianceHistory
 from drover.compliance.report import junit_xml, markdown, summary, table_rows, write_json
 from drover.compliance.result import STATUSES, Report
@@ -92,6 +92,8 @@ def import_result(cluster: str, result: Annotated[Path, typer.Argument(
     from drover.compliance.kubebench import merge, parse_kube_bench, triage
 
     name = checked_name(cluster)
+    if config is None and name not in known_clusters():
+        raise unknown_cluster(name, "pass --config with its cluster YAML")
     try:
         spec = _spec_of(name, config)
         try:
@@ -116,6 +118,8 @@ def history(cluster: str, limit: Annotated[int, typer.Option(help="reports shown
         entries = ComplianceHistory().entries(checked_name(cluster), limit)
     except DroverError as exc:
         raise fail(exc) from None
+    if not entries and cluster not in known_clusters():
+        raise unknown_cluster(cluster)
     if not entries:
         out.print(f"{cluster}: no compliance reports yet (deploy, or `drover compliance "
                   "import`)", highlight=False)
@@ -144,6 +148,8 @@ def report(cluster: str, json_out: JsonOut = None, junit: JunitOut = None,
         latest = ComplianceHistory().latest(checked_name(cluster))
     except DroverError as exc:
         raise fail(exc) from None
+    if latest is None and cluster not in known_clusters():
+        raise unknown_cluster(cluster)
     if latest is None:
         raise fail(DroverError(f"{cluster}: no compliance report yet; deploy it, or run "
                                "`drover compliance import`"))

@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from drover.cli_common import Wait, busy, checked_name, fail, out, run_flow
+from drover.cli_common import (
+    Wait,
+    busy,
+    checked_name,
+    fail,
+    known_cluster,
+    known_spec,
+    out,
+    run_flow,
+)
 from drover.errors import DroverError
 
 secrets_app = typer.Typer(help="Back up and restore a cluster's secrets (encrypted).",
@@ -43,7 +52,7 @@ def secrets_backup(cluster: str, out_file: Annotated[Path, typer.Option("--out")
     from drover.backup import backup
 
     try:
-        names = backup(checked_name(cluster), out_file, _key(key_file, confirm=True),  # type: ignore[arg-type]
+        names = backup(known_cluster(cluster), out_file, _key(key_file, confirm=True),  # type: ignore[arg-type]
                        overwrite=overwrite)
     except DroverError as exc:
         raise fail(exc) from None
@@ -72,8 +81,11 @@ def recover(cluster: str,
             dry_run: Annotated[bool, typer.Option(help="print the plan only")] = False,
             wait: Wait = None) -> None:
     """Restore CLUSTER's etcd from its latest snapshot after quorum was lost."""
-    result = run_flow("flows.recover", "recover_cluster", cluster=checked_name(cluster),
-                      dry_run=dry_run, **busy(wait))
+    cluster = known_spec(cluster).name
+    result = run_flow("flows.recover", "recover_cluster", cluster=cluster, dry_run=dry_run,
+                      **busy(wait))
+    if dry_run:
+        out.print("dry run: nothing was changed", highlight=False)
     for line in result.get("plan", []):
         out.print(line, highlight=False)
     if result.get("message"):

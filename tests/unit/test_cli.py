@@ -26,6 +26,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
+def known(home: Path, *clusters: str) -> None:
+    """Folders of clusters drover knows (deployed once), as private as drover makes them."""
+    for cluster in clusters:
+        (home / "clusters" / cluster).mkdir(mode=0o700, parents=True)
+    for folder in (home, home / "clusters"):
+        folder.chmod(0o700)
+
+
 def test_a_config_with_several_mistakes_exits_non_zero_listing_each_with_its_path(
         tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
@@ -72,10 +80,13 @@ def test_config_render_writes_one_private_file_per_node_and_a_talosconfig(tmp_pa
     assert "BEGIN" not in result.output  # paths only, never contents
 
 
-def test_status_json_of_an_unknown_cluster_is_an_empty_list() -> None:
+def test_status_json_of_an_unknown_cluster_exits_2_naming_the_known_ones(home: Path) -> None:
+    known(home, "edge-1")
+
     result = runner.invoke(app, ["status", "nope", "--json"])
-    assert result.exit_code == 0
-    assert json.loads(result.output) == []
+
+    assert result.exit_code == 2
+    assert "nope: drover knows no such cluster; known: edge-1" in result.output
 
 
 def test_status_json_lists_every_node_with_state_readiness_and_version(home: Path) -> None:
@@ -95,7 +106,8 @@ def test_status_json_lists_every_node_with_state_readiness_and_version(home: Pat
     assert {n["talos_version"] for n in nodes} == {"v1.13.9"}
 
 
-def test_destroy_refuses_without_yes() -> None:
+def test_destroy_refuses_without_yes(home: Path) -> None:
+    known(home, "lab")
     result = runner.invoke(app, ["destroy", "lab"])
     assert result.exit_code == 2
     assert "without --yes" in result.output
