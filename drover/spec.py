@@ -35,6 +35,17 @@ from drover.provider_settings import (  # noqa: F401 (re-exported)
     LabProvider,
     ProviderSettings,
 )
+from drover.spec_settings import (  # noqa: F401 (re-exported)
+    DeploymentSettings,
+    FlowTarget,
+    HealthSettings,
+    PerNodeTarget,
+    Targets,
+    Timeouts,
+    UpgradeSettings,
+    deploy_target_conflicts,
+    merge_deploy_targets,
+)
 from drover.validation import Located, describe_errors, shown
 
 SUPPORTED_TALOS = fields.SUPPORTED_TALOS
@@ -140,34 +151,6 @@ class Patches(Model):
     worker: list[dict[str, Any] | str] = Field(default_factory=list)
 
 
-class Timeouts(Model):
-    provision_seconds: float = Field(900, gt=0, description="create until maintenance mode")
-    configure_seconds: float = Field(1200, gt=0, description="config push until running")
-    bootstrap_seconds: float = Field(600, gt=0)
-    health_seconds: float = Field(1200, gt=0, description="until every node is Ready")
-
-
-class DeploymentSettings(Model):
-    target_minutes: float = Field(10, gt=0, description="the goal for a full deploy")
-    baseline_minutes: float = Field(45, gt=0, description="the Kubespray baseline")
-    keep_on_failure: bool = Field(False, description="keep nodes of a failed fresh deploy")
-    max_parallel: int = Field(16, ge=1, le=256, description="nodes provisioned at once")
-    retries: int = Field(3, ge=0, le=10, description="retries of a step on transient errors")
-    retry_delay_seconds: float = Field(5, ge=0)
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-
-
-class UpgradeSettings(Model):
-    max_unavailable: int = Field(1, ge=1, description="workers upgraded at once")
-    drain_timeout_seconds: float = Field(300, gt=0)
-
-
-class HealthSettings(Model):
-    interval_seconds: float = Field(300, gt=0)
-    unhealthy_after_seconds: float = Field(300, gt=0)
-    max_unhealthy_percent: int = Field(40, ge=0, le=100)
-
-
 class ClusterBody(Model):
     talos: TalosSettings
     kubernetes: KubernetesSettings
@@ -180,6 +163,22 @@ class ClusterBody(Model):
     health: HealthSettings = Field(default_factory=HealthSettings)
     compliance: ComplianceSettings = Field(default_factory=ComplianceSettings, description=(
         "CIS benchmark, level and justified waivers (drover compliance check)"))
+    targets: Targets = Field(default_factory=Targets, description=(
+        "each timed flow's own target and baseline (deploy, upgrade per node, replace, recover)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deploy_target_in_both_places(cls, data: Any) -> Any:
+        """spec.deployment.targetMinutes/baselineMinutes (older configs) and
+        spec.targets.deploy say the same thing: given in one, both hold it."""
+        return merge_deploy_targets(data)
+
+    @model_validator(mode="after")
+    def _deploy_target_given_once(self) -> ClusterBody:
+        found = deploy_target_conflicts(self.deployment, self.targets)
+        if found:
+            raise Located(*found)
+        return self
 
     @field_validator("workers")
     @classmethod

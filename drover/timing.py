@@ -21,10 +21,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drover.lab.clock import Clock
 from drover.lease import process_alive
 from drover.statefile import sqlite_connect, sqlite_errors
+
+if TYPE_CHECKING:
+    from drover.spec import ClusterSpec
 
 #: a run still "running" after this long (wall clock) is taken for killed, whatever its pid
 STALE_AFTER = 24 * 3600.0
@@ -39,6 +43,33 @@ def format_duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What one run of a flow is judged against: its target, and the baseline (the tool drover
+    replaces: `baseline_name`, where the number comes from: `baseline_source`), if any."""
+
+    target_seconds: float
+    baseline_seconds: float | None = None
+    baseline_name: str = ""
+    baseline_source: str = ""
+
+
+def targets_for(spec: ClusterSpec, flow: str, nodes: int) -> Targets:
+    """The flow's own target and baseline from `spec.targets`: deploy, replace and recover as
+    given; upgrade per node times `nodes` (at least one); any other flow has the deploy's."""
+    targets = spec.spec.targets
+    if flow == "upgrade":
+        per_node, count = targets.upgrade, max(1, nodes)
+        baseline = per_node.baseline_per_node_minutes
+        return Targets(per_node.per_node_target_minutes * 60 * count,
+                       baseline * 60 * count if baseline is not None else None,
+                       per_node.baseline_name, per_node.baseline_source)
+    chosen = {"replace": targets.replace, "recover": targets.recover}.get(flow, targets.deploy)
+    baseline = chosen.baseline_minutes
+    return Targets(chosen.target_minutes * 60, baseline * 60 if baseline is not None else None,
+                   chosen.baseline_name, chosen.baseline_source)
 
 
 @dataclass
@@ -63,7 +94,9 @@ class RunTiming:
     ended: float = 0.0
     outcome: str = "running"
     target_seconds: float = 600.0
-    baseline_seconds: float = 2700.0
+    baseline_seconds: float | None = 2700.0
+    baseline_name: str = ""       # e.g. "Kubespray upgrade-cluster.yml", named in the verdict
+    baseline_source: str = ""     # where the baseline's number comes from (a citation)
     scale: float = 1.0            # multiply measured durations by this (compressed lab time)
     clock_note: str = ""          # e.g. "lab, realistic profile compressed 60x"
     run_id: str | None = None
@@ -103,10 +136,25 @@ class RunTiming:
                  for s in self.stages if s.slowest_node and s.slowest_seconds is not None]
         return " → ".join(parts) or "-"
 
+    def judge(self, targets: Targets) -> None:
+        """Judge this run against `targets` (the flow's own, from `targets_for`)."""
+        self.target_seconds = targets.target_seconds
+        self.baseline_seconds = targets.baseline_seconds
+        self.baseline_name = targets.baseline_name
+        self.baseline_source = targets.baseline_source
+
     def verdict(self) -> str:
-        """Against target and baseline for a completed run; any other run is not judged."""
+        """Against target and baseline for a completed run; any other run is not judged. The
+        short verdict comes first (cards cut the rest off), the baseline after it."""
         if self.outcome == "completed":
-            return verdict(self.total, self.target_seconds, self.baseline_seconds)
+            return verdict(self.total, self.target_seconds, self.baseline_seconds,
+                           self.baseline_name)
+        return self.short_verdict()
+
+    def short_verdict(self) -> str:
+        """E.g. '4m12s — within the 10m target', or why the run is not judged."""
+        if self.outcome == "completed":
+            return short_verdict(self.total, self.target_seconds)
         if self.outcome == "running":
             return "still running — not judged against the target"
         if self.outcome == "killed":
@@ -117,39 +165,40 @@ class RunTiming:
         return f"{self.outcome} after {format_duration(self.total)} — not judged against the target"
 
     def rows(self) -> list[dict[str, str]]:
-        """One row per stage, for the table artifact and the terminal."""
-        def slowest(s: StageTiming) -> str:
-            if not s.slowest_node or s.slowest_seconds is None:
-                return "-"
-            return f"{s.slowest_node} ({format_duration(s.slowest_seconds * self.scale)})"
+        """One row per stage and the total, for the table artifact and the terminal."""
+        from drover.timing_render import stage_rows  # it renders this class
 
-        rows = [{"stage": s.name, "duration": format_duration(s.seconds * self.scale),
-                 "nodes": str(s.nodes or "-"), "slowest node": slowest(s)} for s in self.stages]
-        rows.append({"stage": "total", "duration": format_duration(self.total), "nodes": "",
-                     "slowest node": ""})
-        return rows
+        return stage_rows(self)
 
-    def markdown(self) -> str:
-        table = "\n".join(f"| {r['stage']} | {r['duration']} | {r['nodes']} | {r['slowest node']} |"
-                          for r in self.rows())
-        note = f"\n\n_Times: {self.clock_note}._" if self.clock_note else ""
-        return (f"# {self.flow} {self.cluster}: {self.outcome}\n\n**{self.verdict()}**\n\n"
-                f"| stage | duration | nodes | slowest node |\n|---|---|---|---|\n{table}\n\n"
-                f"Critical path: {self.critical_path()}{note}\n")
+    def markdown(self, chart: str | None = None) -> str:
+        """The run's summary (verdict first, stages, per-node chains); `chart`: an image URL."""
+        from drover.timing_render import summary_markdown
+
+        return summary_markdown(self, chart)
 
 
-def verdict(total: float, target: float, baseline: float) -> str:
-    """E.g. '7m41s — within the 10m target; 5.9x faster than the 45m baseline'."""
+def short_verdict(total: float, target: float) -> str:
+    """E.g. '7m41s — within the 10m target', '11m40s — over the 10m target by 1m40s'."""
     goal = format_duration(target)
     within = (f"within the {goal} target" if total <= target
               else f"over the {goal} target by {format_duration(total - target)}")
+    return f"{format_duration(total)} — {within}"
+
+
+def verdict(total: float, target: float, baseline: float | None, name: str = "") -> str:
+    """E.g. '7m41s — within the 10m target; 5.9x faster than the 45m Kubespray cluster.yml
+    baseline' (no baseline: the short verdict alone)."""
+    if baseline is None:
+        return short_verdict(total, target)
+    named = f"the {format_duration(baseline)} {name} baseline" if name else (
+        f"the {format_duration(baseline)} baseline")
     if total <= 0:
-        against = f"the {format_duration(baseline)} baseline does not apply to an instant run"
+        against = f"{named} does not apply to an instant run"
     elif total < baseline:
-        against = f"{baseline / total:.1f}x faster than the {format_duration(baseline)} baseline"
+        against = f"{baseline / total:.1f}x faster than {named}"
     else:
-        against = f"no faster than the {format_duration(baseline)} baseline"
-    return f"{format_duration(total)} — {within}; {against}"
+        against = f"no faster than {named}"
+    return f"{short_verdict(total, target)}; {against}"
 
 
 class StageTimer:
