@@ -1,5 +1,6 @@
-"""Timing metrics: stage timers, run records, the verdict against target and baseline,
-and the history of runs in SQLite ($DROVER_HOME/history.db, 0600).
+"""Timing metrics: stage timers, run records, each flow's own target and baseline
+(`targets_for`), the verdict against them, and the history of runs in SQLite
+($DROVER_HOME/history.db, 0600).
 
 Durations come from the clock the run used. On the lab's realistic profile,
 compressed by a declared factor, the report scales durations back up and says so.
@@ -29,6 +30,9 @@ from drover.statefile import sqlite_connect, sqlite_errors
 
 if TYPE_CHECKING:
     from drover.spec import ClusterSpec
+
+#: the flows drover times, each judged against its own target and baseline
+TIMED_FLOWS = ("deploy", "upgrade", "replace", "recover")
 
 #: a run still "running" after this long (wall clock) is taken for killed, whatever its pid
 STALE_AFTER = 24 * 3600.0
@@ -315,6 +319,11 @@ class History:
                 run.outcome = "killed"
             out.append(run)
         return out
+
+    def clusters(self) -> list[str]:
+        """Every cluster with a run recorded, sorted."""
+        with self._connect() as con:
+            return [row[0] for row in con.execute("SELECT DISTINCT cluster FROM runs ORDER BY 1")]
 
     def _gone(self, pid: int | None, host: str | None, began_at: float | None) -> bool:
         if began_at is None or self.wall() - began_at > STALE_AFTER:
