@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from drover.boundaries import cluster_name, node_name
+from drover.boundaries import cluster_name, shown
 from drover.errors import DroverError, InvalidName, NodeNotFound, SpecError
 
 if TYPE_CHECKING:
@@ -202,13 +202,12 @@ def known_node(spec: ClusterSpec, node: str) -> str:
 
     try:
         nodes = sorted(observe(Infra.open(spec)).nodes, key=natural)
-        if node not in nodes and f"{spec.name}-{node}" in nodes:
-            return f"{spec.name}-{node}"  # lab-worker-2 may be called worker-2
-        if node_name(spec.name, node) in nodes:  # a malformed name: InvalidName, exit 2
-            return node
     except DroverError as exc:
         raise fail(exc) from None
+    for name in (node, f"{spec.name}-{node}"):  # lab-worker-2 may be called worker-2
+        if name in nodes:
+            return name
     raise fail(NodeNotFound(
-        f"{spec.name}: no node {node} (never there, or replaced already); its nodes: "
+        f"{spec.name}: no node {shown(node)} (never there, or replaced already); its nodes: "
         + (", ".join(nodes) or "none")), code=2)
 

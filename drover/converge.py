@@ -78,8 +78,7 @@ class ApplyPlan:
             lines.append(f"{cluster}: will apply {len(change.changes)} config change(s) to "
                          f"{change.node} ({'reboots' if change.reboot else 'no reboot'})")
         if self.upgrade is not None and not self.upgrade.empty:
-            lines += [line.replace(f"{cluster}: ", f"{cluster}: will ", 1)
-                      for line in self.upgrade.describe(cluster)]
+            lines += self.upgrade.describe(cluster)
         lines += [f"{cluster}: note: {note}" for note in self.notes]
         return lines or [f"{cluster}: nothing to do: the cluster matches the file"]
 

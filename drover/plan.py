@@ -50,11 +50,11 @@ class DeployPlan:
         return not (self.create or self.configure or self.bootstrap)
 
     def describe(self, cluster: str) -> list[str]:
-        lines = [f"{cluster}: create {n.name} ({n.role})" for n in self.create]
-        lines += [f"{cluster}: push machine config to {n.name}" for n in self.configure]
+        lines = [f"{cluster}: will create {n.name} ({n.role})" for n in self.create]
+        lines += [f"{cluster}: will push machine config to {n.name}" for n in self.configure]
         if self.bootstrap:
-            lines.append(f"{cluster}: bootstrap etcd on the first control plane")
-        lines += [f"{cluster}: leave {name} alone: beyond what the spec declares"
+            lines.append(f"{cluster}: will bootstrap etcd on the first control plane")
+        lines += [f"{cluster}: will leave {name} alone: beyond what the spec declares"
                   for name in self.unexpected]
         return lines or [f"{cluster}: nothing to do: every declared node exists and is configured"]
 
@@ -109,12 +109,12 @@ class UpgradePlan:
         return not (self.batches or self.uncordon or self.kubernetes_version)
 
     def describe(self, cluster: str) -> list[str]:
-        lines = [f"{cluster}: uncordon {name} (already on {self.talos_version})"
+        lines = [f"{cluster}: will uncordon {name} (already on {self.talos_version})"
                  for name in self.uncordon]
-        lines += [f"{cluster}: upgrade {', '.join(batch)} to Talos {self.talos_version}"
+        lines += [f"{cluster}: will upgrade {', '.join(batch)} to Talos {self.talos_version}"
                   for batch in self.batches]
         if self.kubernetes_version:
-            lines.append(f"{cluster}: upgrade Kubernetes to {self.kubernetes_version}")
+            lines.append(f"{cluster}: will upgrade Kubernetes to {self.kubernetes_version}")
         return lines or [f"{cluster}: nothing to do: every node runs Talos "
                          f"{self.talos_version} and the target Kubernetes"]
 
@@ -172,13 +172,13 @@ class ReplacePlan:
     reachable: bool               # cordon and drain first; skipped for a dead node
 
     def describe(self, cluster: str) -> list[str]:
-        lines = [f"{cluster}: cordon and drain {self.old}" if self.reachable
-                 else f"{cluster}: {self.old} is unreachable: no cordon, no drain"]
+        lines = [f"{cluster}: will cordon and drain {self.old}" if self.reachable
+                 else f"{cluster}: {self.old} is unreachable: will not cordon or drain it"]
         if self.control_plane:
-            lines.append(f"{cluster}: remove {self.old}'s etcd member")
-        lines += [f"{cluster}: create {self.new.name} and push its config; wait until Ready"
-                  + (" and a healthy etcd member" if self.control_plane else ""),
-                  f"{cluster}: delete {self.old}"]
+            lines.append(f"{cluster}: will remove {self.old}'s etcd member")
+        lines += [f"{cluster}: will create {self.new.name} and push its config; wait until "
+                  "Ready" + (" and a healthy etcd member" if self.control_plane else ""),
+                  f"{cluster}: will delete {self.old}"]
         return lines
 
 

@@ -117,7 +117,7 @@ def test_a_drain_blocked_by_a_pdb_fails_the_node_uncordoned_and_not_rebooted(
 def test_upgrade_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
     config = deployed(tmp_path, workers=2)
     result = upgrade_cluster(cluster="t", talos_version=NEW, max_unavailable=2, dry_run=True)
-    assert result["plan"][-1] == "t: upgrade t-worker-1, t-worker-2 to Talos v1.14.0"
+    assert result["plan"][-1] == "t: will upgrade t-worker-1, t-worker-2 to Talos v1.14.0"
     assert {n.talos_version for n in lab_of(config).nodes()} == {OLD}
 
 

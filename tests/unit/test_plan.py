@@ -64,7 +64,7 @@ def test_undeclared_nodes_are_reported_never_deleted(make_spec):
 
     assert plan.empty  # reporting an extra node is no reason to act
     assert plan.describe("lab") == [
-        "lab: leave lab-worker-3 alone: beyond what the spec declares"]
+        "lab: will leave lab-worker-3 alone: beyond what the spec declares"]
     assert not hasattr(plan, "delete")
 
 
@@ -73,11 +73,11 @@ def test_describe_lists_creates_then_configs_then_bootstrap(make_spec):
                         observed({}, False)).describe("lab")
 
     assert lines == [
-        "lab: create lab-cp-1 (controlplane)",
-        "lab: create lab-worker-1 (worker)",
-        "lab: push machine config to lab-cp-1",
-        "lab: push machine config to lab-worker-1",
-        "lab: bootstrap etcd on the first control plane",
+        "lab: will create lab-cp-1 (controlplane)",
+        "lab: will create lab-worker-1 (worker)",
+        "lab: will push machine config to lab-cp-1",
+        "lab: will push machine config to lab-worker-1",
+        "lab: will bootstrap etcd on the first control plane",
     ]
 
 

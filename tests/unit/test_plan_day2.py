@@ -123,11 +123,11 @@ def test_plan_upgrade_describe_lists_uncordons_then_batches_then_kubernetes():
 
     assert not plan.empty
     assert plan.describe("lab") == [
-        "lab: uncordon lab-cp-1 (already on v1.14.0)",
-        "lab: upgrade lab-cp-2 to Talos v1.14.0",
-        "lab: upgrade lab-worker-1, lab-worker-2 to Talos v1.14.0",
-        "lab: upgrade lab-worker-3 to Talos v1.14.0",
-        "lab: upgrade Kubernetes to 1.37.0",
+        "lab: will uncordon lab-cp-1 (already on v1.14.0)",
+        "lab: will upgrade lab-cp-2 to Talos v1.14.0",
+        "lab: will upgrade lab-worker-1, lab-worker-2 to Talos v1.14.0",
+        "lab: will upgrade lab-worker-3 to Talos v1.14.0",
+        "lab: will upgrade Kubernetes to 1.37.0",
     ]
 
 
@@ -135,7 +135,7 @@ def test_plan_upgrade_with_only_an_uncordon_left_is_not_empty():
     plan = plan_upgrade(cluster(node("lab-worker-1", talos=NEW, cordoned=True)), NEW, K8S, 1)
 
     assert not plan.empty
-    assert plan.describe("lab") == ["lab: uncordon lab-worker-1 (already on v1.14.0)"]
+    assert plan.describe("lab") == ["lab: will uncordon lab-worker-1 (already on v1.14.0)"]
 
 
 # ---- plan_replacement -------------------------------------------------------------------
@@ -288,15 +288,16 @@ def test_plan_replacement_of_an_unknown_node_raises_node_not_found(make_spec):
 
 @pytest.mark.parametrize("target, stage, lines", [
     pytest.param("lab-cp-2", "running", [
-        "lab: cordon and drain lab-cp-2",
-        "lab: remove lab-cp-2's etcd member",
-        "lab: create lab-cp-4 and push its config; wait until Ready and a healthy etcd member",
-        "lab: delete lab-cp-2",
+        "lab: will cordon and drain lab-cp-2",
+        "lab: will remove lab-cp-2's etcd member",
+        ("lab: will create lab-cp-4 and push its config; wait until Ready and a healthy etcd "
+         "member"),
+        "lab: will delete lab-cp-2",
     ], id="reachable-control-plane"),
     pytest.param("lab-worker-1", "dead", [
-        "lab: lab-worker-1 is unreachable: no cordon, no drain",
-        "lab: create lab-worker-3 and push its config; wait until Ready",
-        "lab: delete lab-worker-1",
+        "lab: lab-worker-1 is unreachable: will not cordon or drain it",
+        "lab: will create lab-worker-3 and push its config; wait until Ready",
+        "lab: will delete lab-worker-1",
     ], id="dead-worker"),
 ])
 def test_plan_replacement_describe_lists_each_step(make_spec, target, stage, lines):
