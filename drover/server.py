@@ -29,6 +29,9 @@ LOCAL_POOL = "drover-local"
 PREFECT = [sys.executable, "-m", "prefect"]
 #: worker settings: pick up a new run within a second, beat often enough to be missed soon
 WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_HEARTBEAT_SECONDS": "5"}
+#: server settings: a flow waiting for a concurrency slot (the fleet's) asks again within 5 s,
+#: not up to 30 s, so a freed slot does not stay idle
+SERVER_ENV = {"PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "5"}
 
 
 def folder() -> Path:
@@ -144,15 +147,23 @@ def start_worker(pool: str, env: dict[str, str], project: Path, limit: int | Non
 
 
 def wait_pools(url: str, pools: list[str], timeout: float = 120) -> None:
-    """Wait until each pool exists (its worker creates it on start)."""
+    """Wait until each pool exists (its worker creates it on start), then make its flow runs
+    start the engine directly: with no command, Prefect's process worker starts a workspace
+    supervisor that imports prefect, then execs a second Python that imports it again."""
     deadline = time.monotonic() + timeout
+    command = f"{sys.executable} -m prefect.engine"
     with httpx.Client(base_url=url, timeout=10) as api:
         for pool in pools:
-            while api.get(f"/work_pools/{pool}").status_code != 200:
+            while (found := api.get(f"/work_pools/{pool}")).status_code != 200:
                 if time.monotonic() > deadline:
                     raise StateError(f"work pool {pool} was not created in {timeout:.0f}s; see "
                                      f"{folder() / 'logs' / f'worker-{pool}.log'}")
                 time.sleep(0.5)
+            template = found.json()["base_job_template"]
+            field = template.get("variables", {}).get("properties", {}).get("command")
+            if field is not None and field.get("default") != command:
+                field["default"] = command
+                api.patch(f"/work_pools/{pool}", json={"base_job_template": template})
 
 
 def ensure_workers(state: dict[str, Any], pools: list[str], limit: int | None) -> list[str]:
@@ -191,7 +202,7 @@ def start(project: Path, use_postgres: bool = False, site_pools: list[str] | Non
     state = {"url": url, "database": "postgresql" if use_postgres else "sqlite",
              "project": str(project), "workers": {}}
     state["server_pid"] = spawn([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
-                                 str(port)], "server.log", env)
+                                 str(port)], "server.log", {**env, **SERVER_ENV})
     write_private(state_file(), json.dumps(state, indent=1))
     try:
         wait_healthy(url, state["server_pid"])
