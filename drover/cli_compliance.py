@@ -5,18 +5,17 @@ output run elsewhere; `history CLUSTER` shows the trend; `report CLUSTER` re-exp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from drover.cli_common import checked_name, fail, known_clusters, out, unknown_cluster
-from drover.compliance.history import ComplianceHistory
-from drover.compliance.report import junit_xml, markdown, summary, table_rows, write_json
-from drover.compliance.result import STATUSES, Report
 from drover.errors import DroverError, SpecError
-from drover.home import remembered_spec
-from drover.spec import ClusterSpec, load_spec
+
+if TYPE_CHECKING:  # the compliance package loads when a command runs, not with `drover`
+    from drover.compliance.result import Report
+    from drover.spec import ClusterSpec
 
 compliance_app = typer.Typer(help="CIS Kubernetes Benchmark evidence (Talos-aware).",
                              no_args_is_help=True)
@@ -26,6 +25,9 @@ MarkdownOut = Annotated[Path | None, typer.Option("--markdown", help="write the 
 
 
 def _table(report: Report) -> Table:
+    from drover.compliance.report import summary, table_rows
+    from drover.compliance.result import STATUSES
+
     table = Table(title=summary(report), title_justify="left")
     rows = table_rows(report)
     shown = [s for s in STATUSES if any(row[s] for row in rows)]
@@ -40,6 +42,8 @@ def _table(report: Report) -> Table:
 
 def _show(report: Report, json_out: Path | None, junit: Path | None,
           markdown_out: Path | None) -> None:
+    from drover.compliance.report import junit_xml, markdown, write_json
+
     out.print(_table(report))
     for note in report.notes:
         out.print(f"note: {note}", highlight=False, markup=False)
@@ -60,6 +64,7 @@ def check(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. config
           markdown_out: MarkdownOut = None) -> None:
     """Judge CONFIG statically (rendered configs + Talos defaults); exit 1 on an unwaived FAIL."""
     from drover.compliance.evaluate import evaluate_spec
+    from drover.spec import load_spec
 
     try:
         report = evaluate_spec(load_spec(config))
@@ -71,6 +76,9 @@ def check(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. config
 
 
 def _spec_of(cluster: str, config: Path | None) -> ClusterSpec:
+    from drover.home import remembered_spec
+    from drover.spec import load_spec
+
     spec = load_spec(config) if config else remembered_spec(cluster)
     if spec is None:
         raise DroverError(f"{cluster}: drover has no spec of this cluster; pass --config "
@@ -89,6 +97,7 @@ def import_result(cluster: str, result: Annotated[Path, typer.Argument(
                   markdown_out: MarkdownOut = None) -> None:
     """Triage kube-bench output run elsewhere against CLUSTER's spec and keep it in history."""
     from drover.compliance.evaluate import evaluate_spec
+    from drover.compliance.history import ComplianceHistory
     from drover.compliance.kubebench import merge, parse_kube_bench, triage
 
     name = checked_name(cluster)
@@ -114,6 +123,8 @@ def import_result(cluster: str, result: Annotated[Path, typer.Argument(
 @compliance_app.command("history")
 def history(cluster: str, limit: Annotated[int, typer.Option(help="reports shown")] = 20) -> None:
     """The trend of CLUSTER's compliance reports, oldest first."""
+    from drover.compliance.history import ComplianceHistory
+
     try:
         entries = ComplianceHistory().entries(checked_name(cluster), limit)
     except DroverError as exc:
@@ -144,6 +155,8 @@ def history(cluster: str, limit: Annotated[int, typer.Option(help="reports shown
 def report(cluster: str, json_out: JsonOut = None, junit: JunitOut = None,
            markdown_out: MarkdownOut = None) -> None:
     """Show (and export) CLUSTER's latest compliance report."""
+    from drover.compliance.history import ComplianceHistory
+
     try:
         latest = ComplianceHistory().latest(checked_name(cluster))
     except DroverError as exc:

@@ -11,8 +11,6 @@ import typer
 
 from drover.cli_common import fail, out, prefect_env
 from drover.errors import DroverError
-from drover.fleet import load_fleet
-from drover.spec import load_spec
 
 
 def predict(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. configs/lab.yaml")],
@@ -29,6 +27,8 @@ def predict(config: Annotated[Path, typer.Argument(help="cluster YAML, e.g. conf
     """Predict the wall time of deploying CONFIG's cluster, with its critical path and
     drover's own CPU time."""
     from drover import predict as predicting
+    from drover.fleet import load_fleet
+    from drover.spec import load_spec
 
     try:
         load_spec(config)  # config errors before Prefect starts

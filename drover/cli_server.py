@@ -9,10 +9,8 @@ from typing import Annotated
 
 import typer
 
-from drover import server
 from drover.cli_common import err, fail, out
 from drover.errors import DroverError
-from drover.fleet import load_fleet
 
 server_app = typer.Typer(help="drover's local Prefect server, its workers and database.",
                          no_args_is_help=True)
@@ -51,6 +49,9 @@ def start(postgres: Annotated[bool, typer.Option(
           port: Annotated[int | None, typer.Option(help="API port [default: a free one]")] = None,
           ) -> None:
     """Start the server, register the deployments and start a worker per work pool."""
+    from drover import server
+    from drover.fleet import load_fleet
+
     project = (project or find_project(Path.cwd())).resolve()
     try:
         fleet_file = fleet or (project / "configs" / "fleet.yaml")
@@ -64,6 +65,8 @@ def start(postgres: Annotated[bool, typer.Option(
 @server_app.command()
 def stop() -> None:
     """Stop the workers, the server and drover's PostgreSQL (their data is kept)."""
+    from drover import server
+
     try:
         stopped = server.stop()
     except DroverError as exc:
@@ -75,6 +78,8 @@ def stop() -> None:
 @server_app.command()
 def status() -> None:
     """The server's URL, its database, and each worker; exit 1 when it is not running."""
+    from drover import server
+
     try:
         state = server.status()
     except DroverError as exc:
