@@ -30,6 +30,7 @@ from drover.cli_common import (
     known_spec,
     live_view,
     out,
+    print_table,
     run_flow,
     set_options,
 )
@@ -134,7 +135,7 @@ def apply(config: Config, dry_run: DryRun = False, talos_version: Version = None
     if not result["changed"]:
         _print_plan(result, dry_run=False)
         return
-    out.print(_timing_table(result))
+    print_table(_timing_table(result))
     out.print(f"[bold]{result['verdict']}[/bold]", highlight=False)
     out.print(f"critical path: {result['critical_path']}", highlight=False, markup=False)
     if result.get("predicted"):
@@ -188,7 +189,7 @@ def status(cluster: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
         table.add_row(*(str(node[c]) for c in ("name", "role", "state", "ready", "address",
                                                 "talos_version")),
                       "\n".join(node["drift"]) or "-")
-    out.print(table)
+    print_table(table)
     for note in notes:
         out.print(f"{cluster}: {note}", highlight=False, markup=False)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.core import TyperGroup
 
 from drover.boundaries import cluster_name, shown
@@ -80,6 +81,18 @@ def quiet_console() -> None:
         for handler in logging.getLogger(name).handlers:
             if type(handler).__name__ == "PrefectConsoleHandler":
                 handler.setLevel(level if isinstance(level, int) else logging.CRITICAL)
+
+
+def print_table(table: Table) -> None:
+    """Print `table` whole: off a terminal (a pipe, CI) as wide as its cells need, never
+    truncated to 80 columns."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.measure import Measurement
+
+    wide = Measurement.get(out, out.options.update(width=1000), table).maximum
+    Console(file=out.file, width=max(out.width, wide), no_color=out.no_color).print(table)
 
 
 def fail(exc: BaseException, code: int = 1) -> typer.Exit:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from drover.cli_common import checked_name, fail, known_clusters, out, unknown_cluster
+from drover.cli_common import checked_name, fail, known_clusters, out, print_table, unknown_cluster
 from drover.errors import DroverError, SpecError
 
 if TYPE_CHECKING:  # the compliance package loads when a command runs, not with `drover`
@@ -44,7 +44,7 @@ def _show(report: Report, json_out: Path | None, junit: Path | None,
           markdown_out: Path | None) -> None:
     from drover.compliance.report import junit_xml, markdown, write_json
 
-    out.print(_table(report))
+    print_table(_table(report))
     for note in report.notes:
         out.print(f"note: {note}", highlight=False, markup=False)
     for r in report.failing():
@@ -148,7 +148,7 @@ def history(cluster: str, limit: Annotated[int, typer.Option(help="reports shown
                       str(e.failed), str(e.totals.get("WAIVED", 0)),
                       str(e.totals.get("WARN", 0)), str(e.totals.get("FALSE-POSITIVE", 0)),
                       trend)
-    out.print(table)
+    print_table(table)
 
 
 @compliance_app.command("report")
