@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -105,6 +105,10 @@ def render_chart(runs: Sequence[RunTiming], title: str = "") -> tuple[bytes, dic
         grid[0][0].set_axis_off()
     for row, one in zip(grid, series.values(), strict=False):
         _plot(row[0], one)
+    times = [t for one in series.values() for t, _, _ in one.points]
+    if times and max(times) - min(times) < timedelta(hours=1):  # else the axis spans years
+        middle = min(times) + (max(times) - min(times)) / 2
+        grid[0][0].set_xlim(middle - timedelta(hours=1), middle + timedelta(hours=1))
     if title:
         figure.suptitle(title)
     figure.autofmt_xdate()
