@@ -132,6 +132,15 @@ def _recoveries(folder: Path) -> str:
             f"it (or, to destroy it, `drover destroy {folder.name} --config CONFIG`)")
 
 
+def known_clusters() -> list[str]:
+    """The clusters drover remembers (a cluster.json, or its previous copy), sorted."""
+    clusters = drover_home() / "clusters"
+    if not clusters.is_dir():
+        return []
+    return sorted(path.name for path in clusters.iterdir() if path.is_dir()
+                  and ((path / SPEC_FILE).exists() or (path / PREVIOUS_SPEC).exists()))
+
+
 def forget_cluster(name: str) -> None:
     """Remove the cluster's folder (secrets, client configs) once its nodes are gone; only ever
     drover_home()/clusters/<name> for a checked name."""

@@ -1,25 +1,37 @@
-"""Prefect flows: each file one flow that reads as an ordered list of task calls."""
+"""Prefect flows: each file one flow that reads as an ordered list of task calls. Here, what
+they share: running tasks in parallel or as per-node pipelines (each step marked on the run's
+progress board), the run's tracker (stage timer, board, progress artifact), the cluster a
+run names, and the parameter types the UI's form shows plainly."""
 
 from __future__ import annotations
 
+import re
 from collections import deque
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 from prefect import Task
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import WithJsonSchema
 
-from drover.boundaries import cluster_name
+from drover import progress
+from drover.boundaries import cluster_name, config_root
 from drover.clock import Clock, Ticket, current_clock
 from drover.deploy import Infra
 from drover.errors import NodeNotFound
-from drover.home import drover_home, remembered_spec
+from drover.home import drover_home, known_clusters, remembered_spec
 from drover.spec import ClusterSpec
-from drover.timing import History, RunTiming, StageTimer
+from drover.timing import History, RunTiming, StageTimer, StageTiming
+from tasks.progress import ProgressArtifact
+
+#: the progress stage the node steps started here count in (set by RunTracker.stage)
+_board_stage: ContextVar[str | None] = ContextVar("drover_board_stage", default=None)
 
 
 def _ended(future: PrefectFuture[Any]) -> bool:
@@ -69,7 +81,8 @@ def gather(futures: dict[str, PrefectFuture[Any]],
 
 def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]], max_workers: int, *,
                  stop_on_failure: bool = False, before_start: Callable[[], None] | None = None,
-                 on_result: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+                 on_result: Callable[[str, Any], None] | None = None,
+                 stage: str | None = None) -> dict[str, Any]:
     """Run `task` once per named set of parameters, at most `max_workers` at a time: a
     sliding window, the next run starting the moment any one ends (never batch by batch).
 
@@ -79,9 +92,11 @@ def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]], max_wor
     lease check: what it raises counts as a failure); `on_result(name, result)` after each
     run that succeeded, in the order they ended. Under an exact virtual clock each run is
     announced when it is submitted and this thread waits through the clock; runs waiting
-    for a slot are not announced (they could not start without time passing).
+    for a slot are not announced (they could not start without time passing). Each run is
+    marked on the run's progress board as a node in `stage` (default: the tracker's stage).
     """
     clock = current_clock()
+    label = stage or _board_stage.get()
     queue: deque[str] = deque(calls)
     results: dict[str, Any] = {}
     errors: list[Exception] = []
@@ -98,6 +113,7 @@ def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]], max_wor
                     queue.clear()
                     return
                 name = queue.popleft()
+                mark(name, label, "running")
                 ticket = clock.expect(name)
                 with ticket.carried():
                     future = runner.submit(task, parameters=calls[name])
@@ -112,13 +128,22 @@ def run_parallel(task: Task[..., Any], calls: dict[str, dict[str, Any]], max_wor
                 results[name] = done.result()
             except Exception as exc:
                 errors.append(exc)
+                mark(name, label, "failed")
             else:
+                mark(name, label, "done")
                 if on_result is not None:
                     on_result(name, results[name])
             fill()
     if errors:
         raise errors[0]
     return {name: results[name] for name in calls if name in results}
+
+
+def mark(node: str, stage: str | None, state: progress.State) -> None:
+    """Mark `node` in `stage` on the current run's progress board, if there is one."""
+    board = progress.current()
+    if board is not None and stage:
+        board.node(node, stage, state)
 
 
 @dataclass(frozen=True)
@@ -171,6 +196,7 @@ def run_pipelines(chains: dict[str, list[Step]], max_workers: int) -> dict[str, 
                 step = next_step(node)
                 if step is None:
                     continue
+                mark(node, step.name, "running")
                 ticket = clock.expect(f"{node}/{step.name}")
                 with ticket.carried():
                     future = runner.submit(step.task, parameters=step.parameters)
@@ -185,7 +211,9 @@ def run_pipelines(chains: dict[str, list[Step]], max_workers: int) -> dict[str, 
                 results[node][name] = done.result()
             except Exception as exc:
                 errors.append(exc)
+                mark(node, name, "failed")
             else:
+                mark(node, name, "done")
                 ready.append(node)
             fill()
     if errors:
@@ -194,18 +222,80 @@ def run_pipelines(chains: dict[str, list[Step]], max_workers: int) -> dict[str, 
 
 
 def known_spec(cluster: str) -> ClusterSpec:
-    """The spec drover deployed `cluster` with, or a clear error naming the fix; the name is
-    checked first (a flow parameter, an event's payload: anything may arrive here)."""
+    """The spec drover deployed `cluster` with, or a clear error naming the clusters it knows
+    and the fix; the name is checked first (a flow parameter, an event's payload: anything
+    may arrive here)."""
     spec = remembered_spec(cluster_name(cluster))
     if spec is None:
-        raise NodeNotFound(f"{cluster}: drover knows no such cluster in $DROVER_HOME; deploy it "
-                           "first (drover deploy CONFIG)")
+        raise NodeNotFound(f"{cluster}: drover knows no such cluster in $DROVER_HOME "
+                           f"({known_list()}); deploy it first (drover deploy CONFIG)")
     return spec
 
 
-def start_timer(spec: ClusterSpec, flow_name: str) -> StageTimer:
-    """A stage timer for this flow run, on the clock of the cluster's infrastructure; the run
-    is in the history from its start, so a run killed on the way still leaves a record."""
+def known_list() -> str:
+    """The clusters drover knows, for a message: 'it knows: a, b' or 'it knows none'."""
+    names = known_clusters()
+    return f"it knows: {', '.join(names)}" if names else "it knows none"
+
+
+class RunTracker:
+    """A run's stage timer and progress board together: `stage` times a stage and marks it on
+    the board (the node steps run inside it count as that stage's), `finish` ends both and
+    posts the progress artifact's final state."""
+
+    def __init__(self, timer: StageTimer, board: progress.RunProgress,
+                 artifact: ProgressArtifact) -> None:
+        self.timer, self.board, self.artifact = timer, board, artifact
+        self.run: RunTiming = timer.run
+        self.clock = timer.clock
+
+    @contextmanager
+    def stage(self, name: str, nodes: list[str] | None = None) -> Iterator[StageTiming]:
+        """Time stage `name`; on the board it is `name`'s first word ("upgrade lab-cp-1" is a
+        batch of the upgrade stage, whose nodes run_parallel marks). `nodes` (a stage about
+        these nodes), else a whole stage, is marked running, then done or failed."""
+        label = name.split()[0]
+        token = _board_stage.set(label)
+
+        def show(state: progress.State) -> None:
+            if nodes:
+                for node in nodes:
+                    self.board.node(node, label, state)
+            elif label == name:
+                self.board.stage(label, state)
+
+        show("running")
+        try:
+            with self.timer.stage(name) as timing:
+                yield timing
+        except BaseException:
+            show("failed")
+            raise
+        else:
+            show("done")
+        finally:
+            _board_stage.reset(token)
+
+    def nodes(self, stage: StageTiming, per_node: dict[str, float]) -> None:
+        self.timer.nodes(stage, per_node)
+
+    def pipelines(self, spans: dict[str, dict[str, tuple[float, float]]],
+                  order: list[str]) -> None:
+        self.timer.pipelines(spans, order)
+
+    def finish(self, outcome: str) -> RunTiming:
+        run = self.timer.finish(outcome)
+        self.board.finish(outcome)
+        self.artifact.close()
+        return run
+
+
+def start_timer(spec: ClusterSpec, flow_name: str,
+                stages: Mapping[str, list[str] | None] | None = None) -> RunTracker:
+    """The run's tracker, on the clock of the cluster's infrastructure: the run is in the
+    history from its start, so a run killed on the way still leaves a record, and its
+    progress board (`stages` in order: a node list for a stage each node goes through, None
+    for the cluster's own) is current and published as `<flow>-<cluster>-progress`."""
     provider = Infra.open(spec).provider
     scale, note = provider.timing_scale()
     settings = spec.spec.deployment
@@ -214,4 +304,39 @@ def start_timer(spec: ClusterSpec, flow_name: str) -> StageTimer:
                     baseline_seconds=settings.baseline_minutes * 60, scale=scale,
                     clock_note=note)
     History(drover_home() / "history.db").begin(run)
-    return StageTimer(run, provider.clock)
+    stages = stages or {}
+    nodes = list(dict.fromkeys(n for names in stages.values() for n in names or []))
+    board = progress.begin(spec.name, flow_name, provider.clock, nodes, list(stages),
+                           plan={s: n for s, n in stages.items() if n}, scale=scale)
+    progress.activate(board)
+    return RunTracker(StageTimer(run, provider.clock), board, ProgressArtifact(board))
+
+
+class ShippedConfigs:
+    """Annotated metadata of a `config` parameter: its JSON schema offers the cluster configs
+    under the config root as a choice (the UI's form shows a list), relative to the working
+    directory where they are inside it; read when a schema is made (`prefect deploy`), and
+    no choice when there are none. Validation still takes any string."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        root, here = config_root(), Path.cwd().resolve()
+        found = [path for path in sorted(root.glob("*.yaml"))
+                 if re.search(r"^kind:\s*Cluster\s*$", path.read_text(errors="replace"), re.M)]
+        if found:
+            schema["enum"] = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p)
+                              for p in found]
+        return schema
+
+
+#: a cluster config under configs/: a choice in the UI's form, any path a caller gives here
+ConfigPath = Annotated[str, ShippedConfigs()]
+#: optional parameters the UI shows as a plain field (no null toggle); empty means unset
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
+OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"})]
+OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"})]
+
+
+def unset_if_empty(value: str | None) -> str | None:
+    """A text parameter as given, None when left empty (a cleared field in the UI's form)."""
+    return value if value and value.strip() else None

@@ -14,11 +14,19 @@ from prefect import flow, get_run_logger
 from drover.boundaries import flow_config_path
 from drover.converge import ApplyPlan
 from drover.errors import DowngradeRefused
-from drover.plan import DeployPlan
+from drover.plan import DeployPlan, Observed
 from drover.predict import predicted_line
 from drover.spec import ClusterSpec, load_spec, split_node_name
-from drover.timing import StageTimer
-from flows import Step, run_parallel, run_pipelines, start_timer
+from flows import (
+    ConfigPath,
+    OptionalText,
+    RunTracker,
+    Step,
+    run_parallel,
+    run_pipelines,
+    start_timer,
+    unset_if_empty,
+)
 from tasks.apply import plan_apply, reconfigure_node, remove_node
 from tasks.compliance import check_compliance, publish_compliance, runtime_compliance
 from tasks.configure import (
@@ -31,6 +39,7 @@ from tasks.health import wait_healthy
 from tasks.image import preflight, resolve_image
 from tasks.lease import hold_cluster
 from tasks.nodes import clean_up_failed, observe_cluster
+from tasks.progress import dry_run_name, publish_dry_run
 from tasks.provision import provision_node
 from tasks.report import publish_timing
 from tasks.upgrade import uncordon_nodes, upgrade_kubernetes, upgrade_node
@@ -59,7 +68,22 @@ def node_pipelines(spec: ClusterSpec, plan: DeployPlan, image: str,
     return chains
 
 
-def change_nodes(spec: ClusterSpec, plan: ApplyPlan, image: str, timer: StageTimer) -> None:
+def progress_stages(plan: ApplyPlan, observed: Observed) -> dict[str, list[str] | None]:
+    """The run's stages for its progress board, in order: the nodes each goes through, None
+    for the cluster's own; a stage with nothing to do is left out."""
+    new, upgrade = plan.deploy, plan.upgrade
+    kept = [*(n for n in observed.nodes if n not in plan.remove), *(n.name for n in new.create)]
+    stages: dict[str, list[str] | None] = {
+        "image": None, "provision": [n.name for n in new.create],
+        "configure": [n.name for n in new.configure], "bootstrap": None if new.bootstrap else [],
+        "remove": list(plan.remove), "reconfigure": [c.node for c in plan.reconfigure],
+        "upgrade": [n for batch in upgrade.batches for n in batch] if upgrade else [],
+        "kubernetes": None if upgrade and upgrade.kubernetes_version else [],
+        "health": list(dict.fromkeys(kept))}
+    return {stage: nodes for stage, nodes in stages.items() if nodes != []}
+
+
+def change_nodes(spec: ClusterSpec, plan: ApplyPlan, image: str, timer: RunTracker) -> None:
     """After the new nodes: remove the surplus (workers in batches, control planes one at a
     time), apply config changes (control planes one at a time, workers in batches), then
     the rolling upgrade; each of these waits for its gate as the upgrade flow's do."""
@@ -98,9 +122,9 @@ def batches(spec: ClusterSpec, calls: list[dict[str, Any]],
     return cps + [workers[i:i + budget] for i in range(0, len(workers), budget)]
 
 
-@flow(name="deploy-cluster")
-def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None = None,
-                   kubernetes_version: str | None = None, dry_run: bool = False,
+@flow(name="deploy-cluster", flow_run_name=dry_run_name)
+def deploy_cluster(config: ConfigPath = "configs/lab.yaml", talos_version: OptionalText = None,
+                   kubernetes_version: OptionalText = None, dry_run: bool = False,
                    keep_on_failure: bool = False, allow_downgrade: bool = False,
                    if_busy: Literal["fail", "wait"] = "fail",
                    wait_seconds: float = 600) -> dict[str, Any]:
@@ -111,19 +135,22 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
         config: path of the cluster YAML under configs/ (e.g. configs/lab.yaml)
         talos_version: override spec.talos.version (e.g. v1.13.9)
         kubernetes_version: override spec.kubernetes.version (e.g. 1.36.3)
-        dry_run: publish the diff (apply-<cluster>-diff) and change nothing
+        dry_run: publish the diff (apply-<cluster>-diff) and plan (deploy-<cluster>-plan),
+            tag the run dry-run and change nothing
         keep_on_failure: keep the nodes of a failed fresh deploy for debugging
         allow_downgrade: allow versions below what the cluster runs
         if_busy: when another operation holds the cluster: fail at once, or wait
         wait_seconds: how long to wait for the cluster when if_busy is wait
     """
     logger = get_run_logger()
-    spec = load_spec(flow_config_path(config)).with_overrides(talos_version, kubernetes_version)
+    spec = load_spec(flow_config_path(config)).with_overrides(
+        unset_if_empty(talos_version), unset_if_empty(kubernetes_version))
     static = check_compliance(spec)  # a weakened control stops the run before anything exists
     if dry_run:
         plan = plan_apply(spec, allow_downgrade, dry_run=True)
         for line in plan.describe(spec.name):
             logger.info("dry run: %s", line)
+        publish_dry_run("deploy", spec.name, plan.describe(spec.name))
         return {"cluster": spec.name, "changed": False, "dry_run": True,
                 "plan": plan.describe(spec.name), "diff": plan.markdown(spec.name)}
 
@@ -144,7 +171,7 @@ def deploy_cluster(config: str = "configs/lab.yaml", talos_version: str | None =
                     "plan": plan.describe(spec.name)}
 
         settings = spec.spec.deployment
-        timer = start_timer(spec, "deploy")
+        timer = start_timer(spec, "deploy", progress_stages(plan, observed))
         run = timer.run
         new = plan.deploy
         try:

@@ -7,18 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.states import Completed, State
 
-from drover.boundaries import flow_config_path
+from drover.boundaries import cluster_name, flow_config_path
+from drover.home import remembered_spec
 from drover.spec import load_spec
-from flows import known_spec
+from flows import OptionalInt, OptionalNumber, OptionalText, known_list, unset_if_empty
 from tasks.apply import detect_drift
 from tasks.health import check_cluster, decide_remediation, emit_unhealthy
 
 
 @flow(name="check-health")
-def check_health(cluster: str, unhealthy_after_seconds: float | None = None,
-                 max_unhealthy_percent: int | None = None,
-                 config: str | None = None) -> dict[str, Any]:
+def check_health(cluster: str, unhealthy_after_seconds: OptionalNumber = None,
+                 max_unhealthy_percent: OptionalInt = None,
+                 config: OptionalText = None) -> dict[str, Any] | State:
     """Check a cluster's health and request replacement of nodes that keep failing.
 
     Args:
@@ -29,8 +31,16 @@ def check_health(cluster: str, unhealthy_after_seconds: float | None = None,
             (default: spec.health.maxUnhealthyPercent)
         config: the cluster's YAML under configs/ to report drift against (default: what
             drover last applied)
+
+    A cluster drover has not deployed (a schedule made before it, or after its destroy) is
+    not a failure: the run completes saying nothing is deployed.
     """
-    spec = known_spec(cluster)
+    spec = remembered_spec(cluster_name(cluster))
+    if spec is None:
+        note = f"nothing deployed: {cluster} is not a cluster drover knows ({known_list()})"
+        return Completed(message=note, data={"cluster": cluster, "deployed": False,
+                                              "note": note, "unhealthy": [], "replace": []})
+    config = unset_if_empty(config)
     drifted = detect_drift(load_spec(flow_config_path(config)) if config else spec)
     settings = spec.spec.health
     report = check_cluster(spec)
@@ -41,6 +51,6 @@ def check_health(cluster: str, unhealthy_after_seconds: float | None = None,
         settings.max_unhealthy_percent if max_unhealthy_percent is None
         else max_unhealthy_percent)
     emit_unhealthy(spec, report, remediation)
-    return {"cluster": cluster, "unhealthy": [n.node for n in report.unhealthy],
+    return {"cluster": cluster, "deployed": True, "unhealthy": [n.node for n in report.unhealthy],
             "replace": remediation.replace, "waiting": remediation.waiting,
             "alert": remediation.alert, "drift": drifted}

@@ -15,13 +15,14 @@ from prefect.states import Completed
 from drover.errors import NodeFailed
 from drover.plan import UpgradePlan, plan_upgrade, refuse_downgrade
 from drover.spec import ClusterSpec
-from flows import known_spec, run_parallel, start_timer
+from flows import OptionalInt, OptionalText, known_spec, run_parallel, start_timer, unset_if_empty
 from tasks.apply import record_overrides
 from tasks.compliance import check_compliance, publish_compliance, runtime_compliance
 from tasks.configure import prepare_cluster_dir
 from tasks.image import resolve_image
 from tasks.lease import hold_cluster
 from tasks.nodes import observe_cluster
+from tasks.progress import dry_run_name, publish_dry_run
 from tasks.recover import snapshot_etcd
 from tasks.report import publish_timing
 from tasks.upgrade import uncordon_nodes, upgrade_kubernetes, upgrade_node
@@ -39,9 +40,9 @@ def plan_for(spec: ClusterSpec, target: ClusterSpec, max_unavailable: int | None
     return plan, [n.name for n in observed.nodes.values() if n.role == "controlplane"]
 
 
-@flow(name="upgrade-cluster")
-def upgrade_cluster(cluster: str, talos_version: str | None = None,
-                    kubernetes_version: str | None = None, max_unavailable: int | None = None,
+@flow(name="upgrade-cluster", flow_run_name=dry_run_name)
+def upgrade_cluster(cluster: str, talos_version: OptionalText = None,
+                    kubernetes_version: OptionalText = None, max_unavailable: OptionalInt = None,
                     dry_run: bool = False, allow_downgrade: bool = False,
                     if_busy: Literal["fail", "wait"] = "fail",
                     wait_seconds: float = 600) -> dict[str, Any]:
@@ -52,18 +53,21 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
         talos_version: target Talos version, e.g. v1.14.0 (default: the deployed spec's)
         kubernetes_version: target Kubernetes version, e.g. 1.37.0 (after Talos, like upgrade-k8s)
         max_unavailable: workers upgraded at once (default: spec.upgrade.maxUnavailable)
-        dry_run: print the plan and change nothing
+        dry_run: publish the plan (upgrade-<cluster>-plan), tag the run dry-run, change nothing
         allow_downgrade: allow a target below what the nodes run
         if_busy: when another operation holds the cluster: fail at once, or wait
         wait_seconds: how long to wait for the cluster when if_busy is wait
     """
     logger = get_run_logger()
     spec = known_spec(cluster)
+    talos_version = unset_if_empty(talos_version)
+    kubernetes_version = unset_if_empty(kubernetes_version)
     target = spec.with_overrides(talos_version, kubernetes_version)
     if dry_run:
         plan, _ = plan_for(spec, target, max_unavailable, allow_downgrade)
         for line in plan.describe(cluster):
             logger.info("dry run: %s", line)
+        publish_dry_run("upgrade", cluster, plan.describe(cluster))
         return {"cluster": cluster, "changed": False, "plan": plan.describe(cluster)}
 
     with hold_cluster(spec, "upgrade", if_busy=if_busy, wait_seconds=wait_seconds) as held:
@@ -81,7 +85,9 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
 
         static = check_compliance(target)
         snapshot_etcd(spec)
-        timer = start_timer(spec, "upgrade")
+        order = [name for batch in plan.batches for name in batch]
+        timer = start_timer(spec, "upgrade", {"image": None, "upgrade": order, **(
+            {"kubernetes": None} if plan.kubernetes_version else {})})
         done: list[str] = []
 
         def node_call(name: str) -> dict[str, Any]:
@@ -90,8 +96,8 @@ def upgrade_cluster(cluster: str, talos_version: str | None = None,
 
         try:
             uncordon_nodes(spec, plan.uncordon)
-            image = resolve_image(target)
-            order = [name for batch in plan.batches for name in batch]
+            with timer.stage("image"):
+                image = resolve_image(target)
             workers = [name for name in order if name not in control_planes]
             for name in [n for n in order if n in control_planes]:  # etcd: one at a time
                 held.check()

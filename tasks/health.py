@@ -1,19 +1,14 @@
-"""Tasks: the deploy health gate (with a progress artifact), and day-2 health checks
-that emit events for remediation."""
+"""Tasks: the deploy health gate (each node Ready marked on the run's progress board), and
+day-2 health checks that emit events for remediation."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
-from drover import deploy, health
+from drover import deploy, health, progress
 from drover.home import drover_home
 from drover.spec import ClusterSpec
 
@@ -26,18 +21,27 @@ def wait_healthy(spec: ClusterSpec) -> dict[str, float]:
     """
     logger = get_run_logger()
     total = spec.node_count
-    progress = create_progress_artifact(0.0, key=f"deploy-{spec.name}-progress",
-                                        description=f"{spec.name}: nodes Ready")
+    board = progress.current()
+    marked: set[str] = set()
+    planned: list[bool] = []
 
     def report(state: deploy.Readiness) -> None:
         logger.info("%s: %d/%d nodes Ready; etcd %d/%d healthy; API %s", spec.name,
                     len(state.ready), total, state.health.healthy_members(),
                     spec.spec.control_plane.count, "up" if state.health.api_up else "down")
-        update_progress_artifact(progress, 100.0 * len(state.ready) / max(total, 1))
+        if board is None:
+            return
+        if not planned:  # the nodes there are now: the plan's guess may predate removals
+            planned.append(True)
+            board.plan("health", [*state.ready, *state.waiting])
+            for name in state.waiting:
+                board.node(name, "health", "running")
+        for name in state.ready:
+            if name not in marked:
+                marked.add(name)
+                board.node(name, "health", "done")
 
-    state = deploy.wait_healthy(deploy.Infra.open(spec), report)
-    update_progress_artifact(progress, 100.0)
-    return state.ready_after
+    return deploy.wait_healthy(deploy.Infra.open(spec), report).ready_after
 
 
 @task(name="check-cluster", cache_policy=NONE)
