@@ -51,10 +51,10 @@ class ClusterHealthReport:
         return [n for n in self.nodes if not n.healthy]
 
     def rows(self) -> list[dict[str, str]]:
-        mark = {True: "ok", False: "FAIL", None: "-"}
+        mark = {True: "ok", False: "FAIL", None: "n/a"}  # a lone "-" renders as a bullet
         return [{"node": n.node, "role": n.role, "talos api": mark[n.talos_api],
                  "services": mark[n.services], "etcd": mark[n.etcd], "ready": mark[n.ready],
-                 "problems": ", ".join(n.problems()) or "-"} for n in self.nodes]
+                 "problems": ", ".join(n.problems()) or "none"} for n in self.nodes]
 
 
 def check(infra: Infra) -> ClusterHealthReport:

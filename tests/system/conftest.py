@@ -69,7 +69,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false"}
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "true",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}  # the UI test loads its pages
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -10,14 +10,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.flows.conftest import lab_config
-from tests.system.conftest import PREFECT, REPO, Server, free_port, stop, wait_for
+from tests.system.conftest import REPO, Server
 
 pytestmark = pytest.mark.system
 
@@ -25,35 +23,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A Prefect server with its UI on (the session's server runs without it)."""
+def ui_server(prefect_server: Server) -> Server:
+    """The session's Prefect server (its UI is on), once Chromium is known to be here."""
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing (make system-deps installs it)")
         pytest.skip("chromium is not installed here (make system-deps installs it)")
-    home = tmp_path_factory.mktemp("prefect-ui-home")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "true"}
-    log = (home / "server.log").open("wb")
-    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    server = Server(env["PREFECT_API_URL"], env, home)
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            assert proc.poll() is None, (home / "server.log").read_text()
-            return False
-
-    try:
-        wait_for(healthy, 120, "the Prefect server (UI on) to answer /api/health")
-        yield server
-    finally:
-        stop(proc)
-        log.close()
+    return prefect_server
 
 
 def rendered(url: str, profile: Path) -> str:

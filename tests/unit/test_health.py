@@ -34,8 +34,8 @@ def test_check_of_a_deployed_cluster_finds_every_node_healthy(cluster):
         ("lab-worker-2", "worker", None)]
     assert (report.cluster, report.api_up, report.etcd_healthy, report.etcd_members,
             report.control_planes) == ("lab", True, 3, 3, 3)
-    assert {row["problems"] for row in report.rows()} == {"-"}
-    assert report.rows()[3]["etcd"] == "-"  # a worker holds no member
+    assert {row["problems"] for row in report.rows()} == {"none"}
+    assert report.rows()[3]["etcd"] == "n/a"  # a worker holds no member
 
 
 @pytest.mark.parametrize("killed, problems, etcd_healthy", [
