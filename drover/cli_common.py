@@ -142,15 +142,13 @@ def run_flow(flow_module: str, flow_name: str, view: AbstractContextManager[Any]
 
 
 def live_view() -> AbstractContextManager[Any]:
-    """The live view per node (drover.cli_live) while a flow deploys, upgrades or replaces;
-    none with -v (Prefect's log lines show instead)."""
+    """The live view per node (drover.cli_live, on stderr) while a flow deploys, upgrades or
+    replaces; none with -v (Prefect's log lines show instead)."""
     if options.verbose:
         return nullcontext()
-    try:
-        from drover.cli_live import live  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # built beside this; until it is there, no view
-        return nullcontext()
-    return live(err)  # type: ignore[no-any-return,unused-ignore]
+    from drover.cli_live import live
+
+    return live(err)
 
 
 def busy(wait: float | None) -> dict[str, Any]:
@@ -167,11 +165,10 @@ def checked_name(cluster: str) -> str:
 
 
 def known_clusters() -> list[str]:
-    """The clusters drover keeps a folder for in $DROVER_HOME, sorted."""
-    from drover.home import drover_home
+    """The clusters drover remembers (drover.home.known_clusters), sorted."""
+    from drover import home
 
-    folder = drover_home() / "clusters"
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return home.known_clusters()
 
 
 def unknown_cluster(cluster: str, hint: str = "deploy one with drover deploy CONFIG"
@@ -185,8 +182,8 @@ def unknown_cluster(cluster: str, hint: str = "deploy one with drover deploy CON
 
 
 def known_cluster(cluster: str) -> str:
-    """A checked cluster name that drover keeps a folder for, else exit 2 naming the known
-    ones; reads no spec (destroy must work on a cluster whose file broke)."""
+    """A checked cluster name that drover remembers, else exit 2 naming the known ones;
+    parses no spec (destroy must work on a cluster whose file broke)."""
     name = checked_name(cluster)
     if name not in known_clusters():
         raise unknown_cluster(name)

@@ -30,6 +30,7 @@ def known(home: Path, *clusters: str) -> None:
     """Folders of clusters drover knows (deployed once), as private as drover makes them."""
     for cluster in clusters:
         (home / "clusters" / cluster).mkdir(mode=0o700, parents=True)
+        (home / "clusters" / cluster / "cluster.json").touch(mode=0o600)
     for folder in (home, home / "clusters"):
         folder.chmod(0o700)
 

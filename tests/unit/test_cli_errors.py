@@ -5,6 +5,7 @@ clusters and nodes named with what exists, before Prefect starts."""
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DROVER_HOME", str(home))
     for cluster in ("lab", "edge-1"):
         (home / "clusters" / cluster).mkdir(mode=0o700, parents=True)
+        (home / "clusters" / cluster / "cluster.json").touch(mode=0o600)
     for folder in (home, home / "clusters"):
         folder.chmod(0o700)
 
@@ -63,6 +65,7 @@ def test_an_unknown_cluster_exits_2_in_one_line_before_prefect_starts(
 
 
 def test_an_unknown_node_of_a_known_cluster_exits_2_naming_its_nodes(home: Path) -> None:
+    shutil.rmtree(home / "clusters" / "lab")  # deployed for real below
     spec = load_spec(REPO / "configs" / "lab.yaml")
     deploy.converge(deploy.Infra.on_lab(spec, Datacenter(spec, home / "lab.db", ManualClock())))
 
