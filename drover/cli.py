@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,17 +34,17 @@ from drover.cli_common import (
     set_options,
 )
 from drover.cli_compliance import compliance_app
+from drover.cli_config import config_app, schema
 from drover.cli_predict import predict
 from drover.cli_report import report
 from drover.cli_server import server_app
 from drover.cli_state import recover, secrets_app
 from drover.errors import DroverError, SpecError
-from drover.spec import json_schema, load_spec
+from drover.spec import load_spec
 from drover.timing import format_duration
 
 app = typer.Typer(cls=DroverGroup, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deploy, upgrade, heal and replace Talos Kubernetes clusters.")
-config_app = typer.Typer(help="Machine configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(compliance_app, name="compliance")
@@ -53,6 +52,7 @@ app.add_typer(server_app, name="server")
 app.command()(predict)
 app.command()(recover)
 app.command()(report)
+app.command()(schema)
 DRY_RUN = "dry run: nothing was changed"
 
 
@@ -61,13 +61,13 @@ def main(verbose: Annotated[bool, typer.Option(
              "--verbose", "-v", help="show Prefect's log lines (the UI always has them)")
          ] = False,
          debug: Annotated[bool, typer.Option(
-             help="show the traceback of a drover error")] = False) -> None:
+             "--debug", help="show the traceback of a drover error")] = False) -> None:
     """Deploy, upgrade, heal and replace Talos Kubernetes clusters."""
     set_options(verbose, debug)
 
 
-def _timing_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"deploy {result['cluster']}", title_justify="left")
+def _timing_table(result: dict[str, Any], flow: str) -> Table:
+    table = Table(title=f"{flow} {result['cluster']}", title_justify="left")
     for column in ("stage", "duration", "nodes", "slowest node"):
         table.add_column(column, justify="right" if column == "duration" else "left")
     for row in result["timing"]:
@@ -135,7 +135,7 @@ def apply(config: Config, dry_run: DryRun = False, talos_version: Version = None
     if not result["changed"]:
         _print_plan(result, dry_run=False)
         return
-    print_table(_timing_table(result))
+    print_table(_timing_table(result, "deploy"))
     out.print(f"[bold]{result['verdict']}[/bold]", highlight=False)
     out.print(f"critical path: {result['critical_path']}", highlight=False, markup=False)
     if result.get("predicted"):
@@ -235,6 +235,8 @@ def upgrade(cluster: str, talos_version: Version = None, kubernetes_version: Ver
     if dry_run or not result["changed"]:
         _print_plan(result, dry_run)
         return
+    if result.get("timing"):
+        print_table(_timing_table(result, "upgrade"))
     out.print(f"{cluster}: upgraded {', '.join(result['upgraded']) or 'no node'}; "
               f"{result['verdict']}", highlight=False, markup=False)
 
@@ -252,6 +254,8 @@ def replace(cluster: str, node: str,
     if dry_run:
         _print_plan(result, dry_run)
     elif result.get("by"):
+        if result.get("timing"):
+            print_table(_timing_table(result, "replace"))
         out.print(f"{cluster}: {node} replaced by {result['by']}; {result['verdict']}",
                   highlight=False, markup=False)
     else:
@@ -279,29 +283,6 @@ def health(cluster: str,
     if result["alert"]:
         err.print(f"alert: {result['alert']}", highlight=False, markup=False)
         raise typer.Exit(1)
-
-
-@config_app.command("render")
-def config_render(config: Path, out_dir: Annotated[Path, typer.Option("--out")]) -> None:
-    """Write each node's Talos machine config and a talosconfig into --out (mode 0600)."""
-    from drover.home import cluster_dir
-    from drover.machineconfig import ensure_secrets, write_rendered
-
-    try:
-        spec = load_spec(config)
-    except SpecError as exc:
-        raise fail(exc) from None
-    # before the first deploy this makes the secrets the deploy then uses; after it, loads them
-    paths = write_rendered(spec, ensure_secrets(cluster_dir(spec.name), False), out_dir)
-    for path in paths:
-        out.print(str(path), highlight=False)
-
-
-@app.command()
-def schema() -> None:
-    """Print the JSON Schema of the cluster YAML (for editors)."""
-    json.dump(json_schema(), sys.stdout, indent=2)
-    print()
 
 
 if __name__ == "__main__":
