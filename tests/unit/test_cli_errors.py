@@ -4,8 +4,11 @@ clusters and nodes named with what exists, before Prefect starts."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import subprocess
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -202,3 +205,37 @@ def test_verbose_and_debug_are_global_options(monkeypatch: pytest.MonkeyPatch) -
 
     assert result.exit_code == 0, result.output
     assert seen == [cli_common.Options(verbose=True, debug=True)]
+
+
+def test_prefect_console_handlers_set_up_earlier_get_the_chosen_level(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class PrefectConsoleHandler(logging.StreamHandler):  # named as Prefect's, not imported
+        pass
+
+    handler, other = PrefectConsoleHandler(), logging.StreamHandler()
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler, other])
+    monkeypatch.setenv(cli_common.CONSOLE_LEVEL, "CRITICAL")
+
+    cli_common.quiet_console()
+
+    assert (handler.level, other.level) == (logging.CRITICAL, logging.NOTSET)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_prefect_configured_by_prefect_env_prints_its_lines_only_when_verbose(
+        verbose: bool) -> None:
+    script = ("from drover import cli_common\n"
+              f"cli_common.options.verbose = {verbose}\n"
+              "cli_common.prefect_env()\n"
+              "import prefect.main  # what `from prefect import flow` runs: logging set up\n"
+              "from prefect.logging import get_logger\n"
+              "get_logger('prefect.drover_test').warning('a Prefect line')\n")
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # never contacted
+    env.pop(cli_common.CONSOLE_LEVEL, None)
+
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=60, check=True)
+
+    assert ("| WARNING | prefect.drover_test - a Prefect line" in run.stderr) is verbose, \
+        run.stderr
