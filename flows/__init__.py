@@ -1,27 +1,24 @@
 """Prefect flows: each file one flow that reads as an ordered list of task calls. Here, what
 they share: running tasks in parallel or as per-node pipelines (each step marked on the run's
-progress board), the run's tracker (stage timer, board, progress artifact), the cluster a
-run names, and the parameter types the UI's form shows plainly."""
+progress board), the run's tracker (stage timer, board, progress artifact), and the cluster
+a run names."""
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import Task
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import WithJsonSchema
 
 from drover import progress
-from drover.boundaries import cluster_name, config_root
+from drover.boundaries import cluster_name
 from drover.clock import Clock, Ticket, current_clock
 from drover.deploy import Infra
 from drover.errors import NodeNotFound
@@ -310,33 +307,3 @@ def start_timer(spec: ClusterSpec, flow_name: str,
                            plan={s: n for s, n in stages.items() if n}, scale=scale)
     progress.activate(board)
     return RunTracker(StageTimer(run, provider.clock), board, ProgressArtifact(board))
-
-
-class ShippedConfigs:
-    """Annotated metadata of a `config` parameter: its JSON schema offers the cluster configs
-    under the config root as a choice (the UI's form shows a list), relative to the working
-    directory where they are inside it; read when a schema is made (`prefect deploy`), and
-    no choice when there are none. Validation still takes any string."""
-
-    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
-        schema: dict[str, Any] = handler(core_schema)
-        root, here = config_root(), Path.cwd().resolve()
-        found = [path for path in sorted(root.glob("*.yaml"))
-                 if re.search(r"^kind:\s*Cluster\s*$", path.read_text(errors="replace"), re.M)]
-        if found:
-            schema["enum"] = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p)
-                              for p in found]
-        return schema
-
-
-#: a cluster config under configs/: a choice in the UI's form, any path a caller gives here
-ConfigPath = Annotated[str, ShippedConfigs()]
-#: optional parameters the UI shows as a plain field (no null toggle); empty means unset
-OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
-OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"})]
-OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"})]
-
-
-def unset_if_empty(value: str | None) -> str | None:
-    """A text parameter as given, None when left empty (a cleared field in the UI's form)."""
-    return value if value and value.strip() else None

@@ -14,18 +14,16 @@ from prefect import flow, get_run_logger
 from drover.boundaries import flow_config_path
 from drover.converge import ApplyPlan
 from drover.errors import DowngradeRefused
+from drover.parameters import ConfigPath, OptionalText, unset_if_empty
 from drover.plan import DeployPlan, Observed
 from drover.predict import predicted_line
 from drover.spec import ClusterSpec, load_spec, split_node_name
 from flows import (
-    ConfigPath,
-    OptionalText,
     RunTracker,
     Step,
     run_parallel,
     run_pipelines,
     start_timer,
-    unset_if_empty,
 )
 from tasks.apply import plan_apply, reconfigure_node, remove_node
 from tasks.compliance import check_compliance, publish_compliance, runtime_compliance

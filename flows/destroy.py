@@ -10,8 +10,9 @@ from prefect import flow, get_run_logger
 
 from drover.boundaries import cluster_name, flow_config_path
 from drover.home import forget_cluster, recall_spec
+from drover.parameters import OptionalText, unset_if_empty
 from drover.spec import load_spec
-from flows import OptionalText, known_list, unset_if_empty
+from flows import known_list
 from tasks.lease import hold_cluster
 from tasks.nodes import delete_nodes, observe_cluster
 from tasks.progress import dry_run_name, publish_dry_run

@@ -11,8 +11,9 @@ from prefect.states import Completed, State
 
 from drover.boundaries import cluster_name, flow_config_path
 from drover.home import remembered_spec
+from drover.parameters import OptionalInt, OptionalNumber, OptionalText, unset_if_empty
 from drover.spec import load_spec
-from flows import OptionalInt, OptionalNumber, OptionalText, known_list, unset_if_empty
+from flows import known_list
 from tasks.apply import detect_drift
 from tasks.health import check_cluster, decide_remediation, emit_unhealthy
 

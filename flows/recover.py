@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from flows import OptionalText, known_spec, start_timer, unset_if_empty
+from drover.parameters import OptionalText, unset_if_empty
+from flows import known_spec, start_timer
 from tasks.lease import hold_cluster
 from tasks.progress import dry_run_name, publish_dry_run
 from tasks.recover import perform_recovery, plan_recovery

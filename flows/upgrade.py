@@ -13,9 +13,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from drover.errors import NodeFailed
+from drover.parameters import OptionalInt, OptionalText, unset_if_empty
 from drover.plan import UpgradePlan, plan_upgrade, refuse_downgrade
 from drover.spec import ClusterSpec
-from flows import OptionalInt, OptionalText, known_spec, run_parallel, start_timer, unset_if_empty
+from flows import known_spec, run_parallel, start_timer
 from tasks.apply import record_overrides
 from tasks.compliance import check_compliance, publish_compliance, runtime_compliance
 from tasks.configure import prepare_cluster_dir
