@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import traceback
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -127,15 +129,41 @@ class DroverGroup(TyperGroup):
             raise typer.Exit(130) from None
 
 
+class PlanLines(logging.Handler):
+    """Prints the plan lines a flow logs before it acts ('lab: will create lab-cp-1 ...'),
+    while Prefect's own lines are hidden: what is about to happen is never a surprise."""
+
+    PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*: will ")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.PATTERN.match(message):
+            out.print(message, highlight=False, markup=False)
+
+
+@contextmanager
+def plan_lines() -> Iterator[None]:
+    """Show the flow run's plan lines (PlanLines) while open, unless -v shows every line."""
+    if options.verbose:
+        yield
+        return
+    handler, logger = PlanLines(logging.INFO), logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def run_flow(flow_module: str, flow_name: str, view: AbstractContextManager[Any] | None = None,
              **parameters: Any) -> Any:
-    """Run one of drover's flows in this process (inside `view`, the live view, if given);
-    drover's own errors end the command."""
+    """Run one of drover's flows in this process (inside `view`, the live view, if given;
+    its plan lines printed); drover's own errors end the command."""
     prefect_env()
     flow = getattr(importlib.import_module(flow_module), flow_name)
     quiet_console()
     try:
-        with view or nullcontext():
+        with plan_lines(), view or nullcontext():
             return flow(**parameters)
     except (DroverError, ValueError) as exc:
         raise fail(exc) from None

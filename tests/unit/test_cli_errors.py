@@ -239,3 +239,24 @@ def test_prefect_configured_by_prefect_env_prints_its_lines_only_when_verbose(
 
     assert ("| WARNING | prefect.drover_test - a Prefect line" in run.stderr) is verbose, \
         run.stderr
+
+
+@pytest.mark.parametrize("verbose, shown", [(False, ["lab: will create lab-cp-1 (controlplane)"]),
+                                            (True, [])])
+def test_the_plan_a_flow_logs_before_acting_is_printed_and_nothing_else(
+        capsys: pytest.CaptureFixture[str], verbose: bool, shown: list[str]) -> None:
+    cli_common.options.verbose = verbose
+    logger = logging.getLogger("prefect.flow_runs")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # as Prefect sets it up
+    try:
+        with cli_common.plan_lines():
+            for line in ("lab: will create lab-cp-1 (controlplane)", "Beginning flow run 'x'",
+                         "dry run: lab: will create lab-cp-1 (controlplane)",
+                         "lab-cp-1: created; will boot"):
+                logger.info(line)
+        logger.info("lab: will create lab-cp-2 (controlplane)")  # after the run: not shown
+    finally:
+        logger.setLevel(level)
+
+    assert capsys.readouterr().out.splitlines() == shown
