@@ -116,17 +116,28 @@ def fail(exc: BaseException, code: int = 1) -> typer.Exit:
 
 
 class DroverGroup(TyperGroup):
-    """The `drover` command group: a drover error that no command caught ends the command
-    as one line and an exit code, never as a traceback (unless --debug)."""
+    """The `drover` command group: an error that no command caught ends the command as one
+    line and an exit code, never as a traceback (unless --debug): a drover error as itself,
+    anything else (a bug, a Prefect API gone away) named as unexpected, exit 1."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own: usage errors, exits
         except (DroverError, ValueError) as exc:
             raise fail(exc) from None
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if options.debug:
+                err.print("".join(traceback.format_exception(exc)), end="", markup=False)
+            err.print("error:", style="red", end=" ", highlight=False)
+            err.print(f"unexpected {type(exc).__name__}: {exc}"
+                      + ("" if options.debug else " (`drover --debug ...` shows where)"),
+                      highlight=False, markup=False)
+            raise typer.Exit(1) from None
 
 
 class PlanLines(logging.Handler):

@@ -260,3 +260,19 @@ def test_the_plan_a_flow_logs_before_acting_is_printed_and_nothing_else(
         logger.setLevel(level)
 
     assert capsys.readouterr().out.splitlines() == shown
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_error_is_one_line_naming_it_and_debug_shows_where(
+        monkeypatch: pytest.MonkeyPatch, debug: bool) -> None:
+    def broken(*args: Any) -> Any:
+        raise ConnectionResetError("the Prefect API went away")
+
+    monkeypatch.setattr(cli, "_status", broken)
+
+    result = runner.invoke(app, [*(["--debug"] if debug else []), "status", "lab"])
+
+    assert result.exit_code == 1
+    assert ("Traceback (most recent call last)" in result.output) is debug
+    assert result.output.splitlines()[-1].startswith(
+        "error: unexpected ConnectionResetError: the Prefect API went away")
