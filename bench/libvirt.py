@@ -5,9 +5,13 @@ here, as an operator would keep one). For each size it times, from the moment `d
 deploy` is launched: every console showing its own config's sha256 (the target), the
 command's exit, and each provider step per node (DROVER_STEPS_FILE, drover/steps.py).
 "QEMU boot" is the guest's part: from its `virsh start` returning to its hash on the
-console; drover's share is the rest of the wall time. Each deploy is destroyed after.
-Prints a table with medians and writes bench/results/libvirt-<date>.json. Needs root,
-libvirt, qemu, genisoimage and sshd (`make system-deps`).
+console; drover's share is the rest of the time to every hash. Also recorded: the
+deploy command's own CPU seconds and the load average when each run began (the 2 cores
+are shared). The host keeps its boot files between runs as a real one does: a first,
+cold run uploads them and is reported on its own line, the medians are of the warm runs.
+Each deploy is destroyed after. Prints a table and writes
+bench/results/libvirt-<date>.json. Needs root, libvirt, qemu, genisoimage and sshd
+(`make system-deps`).
 
 Run: .venv/bin/python bench/libvirt.py [--sizes 3,10] [--repeat 3] [--trace-ssh]
 """
@@ -20,6 +24,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -117,14 +122,13 @@ def watch_consoles(folder: Path, names: list[str], seen: dict[str, tuple[float, 
         time.sleep(0.01)
 
 
-def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, nodes: int,
-            trace: bool) -> dict[str, object]:
+def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, storage: Path,
+            nodes: int, trace: bool) -> dict[str, object]:
     from drover.home import cluster_dir
     from drover.machineconfig import load_secrets, render_node_yaml
     from drover.spec import load_spec
 
     name = f"b{uuid.uuid4().hex[:6]}"
-    storage = Path("/var/lib/libvirt/images") / f"drover-bench-{name}"
     config = write_config(folder, ssh, storage, name, nodes)
     spec = load_spec(config)
     names = [n.name for n in spec.declared_nodes()]
@@ -134,11 +138,15 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, nodes: int
     stop = threading.Event()
     watcher = threading.Thread(target=watch_consoles, args=(storage / name, names, seen, stop))
     command = ([sys.executable, "-c", TRACE] if trace else [sys.executable, "-m", "drover.cli"])
+    load = os.getloadavg()[0]
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     watcher.start()
     deploy = subprocess.run([*command, "deploy", str(config)], cwd=REPO, env=run_env,
                             capture_output=True, text=True, timeout=900, check=False)
     deployed = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    deploy_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     (folder / f"{name}-deploy.log").write_text(f"launched {started:.3f}\n{deploy.stdout}\n"
                                                 f"{deploy.stderr}")
     watcher.join(timeout=120)
@@ -159,7 +167,7 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, nodes: int
                               cwd=REPO, env=run_env, capture_output=True, text=True,
                               timeout=900, check=False)
         destroyed = time.time() - destroy_started
-        shutil.rmtree(storage, ignore_errors=True)
+        shutil.rmtree(storage / name, ignore_errors=True)  # the boot files stay
     if gone.returncode != 0:
         raise RuntimeError(f"drover destroy failed:\n{gone.stdout}\n{gone.stderr}")
     steps = [json.loads(line) for line in steps_file.read_text().splitlines()] \
@@ -174,9 +182,9 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, nodes: int
         "before_provider": min(s["started"] for s in steps) - started if steps else 0.0,
         "after_addresses": deployed - max(ends) if ends else 0.0}
     return {"nodes": nodes, "cluster": name, "to_all_hashes": hashes, "deploy_exit": deployed,
-            **phases,
+            **phases, "load": load, "deploy_cpu": deploy_cpu,
             "wall": max(hashes, deployed), "qemu_boot_last_node": qemu,
-            "drover_share": max(hashes, deployed) - qemu, "destroy": destroyed,
+            "drover_share": hashes - qemu, "destroy": destroyed,
             "boots": boots, "steps": [{**s, "started": s["started"] - started} for s in steps]}
 
 
@@ -217,12 +225,16 @@ def main() -> None:
     (folder / "prefect").mkdir()
     env, server = start_prefect(folder / "prefect")
     env["DROVER_HOME"] = str(folder / "home")
+    storage = Path("/var/lib/libvirt/images") / f"drover-bench-{uuid.uuid4().hex[:6]}"
     results: dict[str, list[dict[str, object]]] = {}
     try:
-        for size in (int(s) for s in args.sizes.split(",")):
-            results[str(size)] = [one_run(env, folder, ssh, size, args.trace_ssh)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        results["cold"] = [one_run(env, folder, ssh, storage, sizes[0], args.trace_ssh)]
+        for size in sizes:
+            results[str(size)] = [one_run(env, folder, ssh, storage, size, args.trace_ssh)
                                   for _ in range(args.repeat)]
     finally:
+        shutil.rmtree(storage, ignore_errors=True)
         for proc in (server, sshd):
             proc.terminate()
             proc.wait(timeout=30)
@@ -233,18 +245,20 @@ def main() -> None:
 def report(results: dict[str, list[dict[str, object]]], args: argparse.Namespace) -> None:
     median = statistics.median
     summary = {}
-    print(f"\n{'VMs':>4} {'to hashes':>10} {'deploy exit':>12} {'QEMU boot':>10} "
-          f"{'drover':>8} {'destroy':>8} {'to 1st call':>12} {'after addr':>11}"
-          f"   (medians of {args.repeat}, seconds)")
+    print(f"\n{'VMs':>5} {'to hashes':>10} {'deploy exit':>12} {'QEMU boot':>10} "
+          f"{'drover':>8} {'destroy':>8} {'to 1st call':>12} {'after addr':>11} "
+          f"{'CLI cpu':>8} {'load':>5}   (medians of {args.repeat}, seconds)")
     for size, runs in results.items():
         row = {k: median(r[k] for r in runs) for k in  # type: ignore[misc]
                ("to_all_hashes", "deploy_exit", "wall", "qemu_boot_last_node", "drover_share",
-                "destroy", "before_provider", "after_addresses")}
+                "destroy", "before_provider", "after_addresses", "deploy_cpu", "load")}
         summary[size] = {**row, "steps": per_step(runs)}
-        print(f"{size:>4} {row['to_all_hashes']:>10.2f} {row['deploy_exit']:>12.2f} "
+        label = f"{runs[0]['nodes']}c" if size == "cold" else size
+        print(f"{label:>5} {row['to_all_hashes']:>10.2f} {row['deploy_exit']:>12.2f} "
               f"{row['qemu_boot_last_node']:>10.2f} {row['drover_share']:>8.2f} "
               f"{row['destroy']:>8.2f} {row['before_provider']:>12.2f} "
-              f"{row['after_addresses']:>11.2f}")
+              f"{row['after_addresses']:>11.2f} {row['deploy_cpu']:>8.2f} {row['load']:>5.1f}")
+    print("(3c: the first, cold run of the first size: boot files uploaded to the host)")
     for size, entry in summary.items():
         print(f"\nsteps, {size} VMs (median over runs of: calls, summed s, slowest call s)")
         for step, v in sorted(entry["steps"].items(), key=lambda kv: -kv[1]["sum"]):

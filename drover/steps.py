@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from drover.clock import Clock
 
 #: the steps of the libvirt path, in the order a node meets them (others may be recorded)
-ORDER = ("ssh connect", "upload", "qemu-img", "cidata", "define", "start", "first console line",
-         "address")
+ORDER = ("ssh connect", "upload", "cidata build", "qemu-img", "cidata", "define", "start",
+         "first console line", "address")
 
 
 @dataclass(frozen=True)

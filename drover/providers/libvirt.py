@@ -27,7 +27,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from drover import retry
+from drover import retry, steps
 from drover.bootimage import fetch_boot_image, verified_file
 from drover.errors import NodeNotFound, ProviderError, StageTimeout
 from drover.home import cluster_dir
@@ -133,57 +133,62 @@ class Libvirt(Provider):
 
     def create_node(self, node: NodeSpec, image: str) -> Node:
         host = self._host(self._target_for(node.name))
+        boot = self._boot_files(host.target)
+        domain_uuid = str(uuid.uuid4())
+        if self._define(host, node, boot, domain_uuid):  # defined and started, or it exists
+            found = Domain(node.name, "running", domain_uuid, self._meta(node))
+        else:
+            found = self._adopt(host, node)
+        address = self._await_address(host, node.name)
+        return self._as_node(host, Domain(node.name, "running", found.uuid, found.meta), address)
+
+    def _adopt(self, host: Host, node: NodeSpec) -> Domain:
+        """A domain of the node's name that already exists: this cluster's is started if it
+        is not running, another's refused."""
         found = self._domain(host, node.name)
         owner = None if found is None else found.meta.get("cluster", "")
-        if owner is not None and owner != self.spec.name:
+        if found is None or owner != self.spec.name:
             raise ProviderError(f"{node.name}: a domain of that name exists on "
                                 f"{host.target.host} and is not a node of drover cluster "
                                 f"{self.spec.name} (metadata: {owner or 'none'}); rename or "
                                 "remove it")
-        if found is None:
-            found = self._define(host, node, self._boot_files(host.target))
         if found.state != "running":
             log.info("%s: starting domain on %s", node.name, host.target.host)
             with host.timed(node.name, "start"):
                 host.virsh("start", node.name)
-        address = self._await_address(host, node.name)
-        return self._as_node(host, Domain(node.name, "running", found.uuid, found.meta), address)
+        return found
 
-    def _define(self, host: Host, node: NodeSpec, boot: dict[str, str]) -> Domain:
+    def _meta(self, node: NodeSpec) -> dict[str, str]:
+        return {"cluster": self.spec.name, "node": node.name, "role": node.role,
+                "pool": node.pool}
+
+    def _define(self, host: Host, node: NodeSpec, boot: dict[str, str],
+                domain_uuid: str) -> bool:
+        """Overlay, cidata, define and start in one round trip; False (nothing done) when a
+        domain of that name exists."""
         folder = self._folder()
-        disk, cidata = f"{folder}/{node.name}.qcow2", f"{folder}/{node.name}-cidata.iso"
-        if self.settings.config_delivery != "cidata":
-            cidata = ""  # the config goes over the Talos API in maintenance mode
-        with ThreadPoolExecutor(1) as pool:  # the cidata disk is built while the overlay is
-            built = pool.submit(self._send_cidata, host, node, cidata) if cidata else None
-            with host.timed(node.name, "qemu-img"):  # and no console left by an earlier domain
-                host.run(["sh", "-c", 'mkdir -p "$1" && rm -f "$5" && exec qemu-img create -q '
-                          '-f qcow2 -b "$2" -F qcow2 "$3" "$4"', "sh", folder, boot["base"],
-                          disk, f"{node.size.disk_gib}G", self._console(node.name)])
-            if built is not None:
-                built.result()
-        domain_uuid = str(uuid.uuid4())
-        xml = self._domain_xml(node, disk, cidata, boot, domain_uuid)
-        with host.timed(node.name, "define"):
-            started = self.clock.now()
-            host.virsh("define", "/dev/stdin", stdin=xml.encode(), timeout=DEFINE_TIMEOUT)
-        took = self.clock.now() - started
+        paths = {"folder": folder, "console": self._console(node.name), "base": boot["base"],
+                 "disk": f"{folder}/{node.name}.qcow2", "cidata": ""}
+        cidata = b""
+        if self.settings.config_delivery == "cidata":  # else over the Talos API
+            paths["cidata"] = f"{folder}/{node.name}-cidata.iso"
+            with host.timed(node.name, "cidata build"), tempfile.TemporaryDirectory() as tmp:
+                cidata = self._cidata(Path(tmp), node).read_bytes()
+        xml = self._domain_xml(node, paths["disk"], paths["cidata"], boot, domain_uuid)
+        created = host.create_domain(node.name, paths, f"{node.size.disk_gib}G", cidata, xml,
+                                     DEFINE_TIMEOUT)
+        took = next((s.seconds for s in steps.peek(self.spec.name)
+                     if s.node == node.name and s.step == "define"), 0.0)
         if took > SLOW_DEFINE:
             log.warning("%s: `virsh define` took %.1fs on %s (a warm define takes well under a "
                         "second): libvirt is probing QEMU's capabilities again on every "
                         "lookup. Its debug log says why; a common cause is /dev/kvm readable "
                         "by root only (udev makes it root:kvm 0660)", node.name, took,
                         host.target.host)
-        log.info("%s: domain defined on %s (overlay on %s)", node.name, host.target.host,
-                 boot["base"].rsplit("/", 1)[-1])
-        return Domain(node.name, "shut off", domain_uuid, {"cluster": self.spec.name,
-                      "node": node.name, "role": node.role, "pool": node.pool})
-
-    def _send_cidata(self, host: Host, node: NodeSpec, remote: str) -> None:
-        with host.timed(node.name, "cidata"), tempfile.TemporaryDirectory() as tmp:
-            iso = self._cidata(Path(tmp), node)
-            host.run(["mkdir", "-p", self._folder()])
-            host.write_private(remote, iso.read_bytes())
+        if created:
+            log.info("%s: domain defined and started on %s (overlay on %s)", node.name,
+                     host.target.host, boot["base"].rsplit("/", 1)[-1])
+        return created
 
     def _cidata(self, folder: Path, node: NodeSpec) -> Path:
         """A nocloud cidata disk: the node's machine config as user-data (file mode 0600)."""
@@ -204,28 +209,28 @@ class Libvirt(Provider):
                           self._console(node.name), domain_uuid or str(uuid.uuid4()))
 
     def _await_address(self, host: Host, name: str) -> str:
-        """Wait for the node's first console line, then for its address."""
+        """Follow the node's console on the host to its first line, and on QEMU user
+        networking to its address; on a libvirt network ask for the lease, ARP, console."""
         timeout = self.settings.address_timeout_seconds
         deadline = self.clock.now() + timeout
 
         def timed_out() -> StageTimeout:
             return StageTimeout("provision", name, f"no address within {timeout:.0f}s (no DHCP "
                                 "lease, ARP entry or address on the console)")
+        user = self.settings.network == "user"  # no lease or ARP entry to ask libvirt for
         try:
-            with host.timed(name, "first console line"):
-                host.await_console(self._console(name), None, timeout)
-            with host.timed(name, "address"):
-                if self.settings.network == "user":  # no lease or ARP entry to ask libvirt for
-                    found = host.await_console(self._console(name), ADDRESS,
-                                               max(1.0, deadline - self.clock.now())).split()
-                    return found[-1].split("/")[0]
-                running = Domain(name, "running", "", {})
-                return retry.poll_until(
-                    lambda: self._addresses(host, [running]).get(name) or None,
-                    clock=self.clock, timeout=max(1.0, deadline - self.clock.now()),
-                    interval=0.5, on_timeout=timed_out)
+            found = host.follow_console(name, self._console(name), ADDRESS if user else None,
+                                        timeout)
         except CommandTimeout:
             raise timed_out() from None
+        if user:
+            return found.split()[-1].split("/")[0]
+        running = Domain(name, "running", "", {})
+        with host.timed(name, "address"):
+            return retry.poll_until(
+                lambda: self._addresses(host, [running]).get(name) or None,
+                clock=self.clock, timeout=max(1.0, deadline - self.clock.now()),
+                interval=0.5, on_timeout=timed_out)
 
     def _addresses(self, host: Host, domains: list[Domain]) -> dict[str, str]:
         """Each running domain's address: DHCP lease, then ARP, then its serial console."""
