@@ -98,9 +98,10 @@ def print_table(table: Table) -> None:
 
 
 def fail(exc: BaseException, code: int = 1) -> typer.Exit:
-    """Print `exc` as one error line (a SpecError as one line per problem; with --debug the
-    traceback first); the Exit to raise. Config and usage errors (SpecError, InvalidName,
-    other ValueErrors) exit 2, others `code`."""
+    """Print `exc` as one error line (a SpecError as one line per problem; anything but a
+    drover error named as unexpected; with --debug the traceback first); the Exit to raise.
+    Config and usage errors (SpecError, InvalidName, other ValueErrors) exit 2, others
+    `code`."""
     if options.debug:
         err.print("".join(traceback.format_exception(exc)), end="", highlight=False,
                   markup=False)
@@ -110,8 +111,11 @@ def fail(exc: BaseException, code: int = 1) -> typer.Exit:
         for issue in exc.issues:
             err.print(f"  {exc.source}: {issue}", highlight=False, markup=False)
         return typer.Exit(2)
+    message = str(exc) if isinstance(exc, (DroverError, ValueError)) else (
+        f"unexpected {type(exc).__name__}: {exc}"
+        + ("" if options.debug else " (`drover --debug ...` shows where)"))
     err.print("error:", style="red", end=" ", highlight=False)
-    err.print(str(exc), highlight=False, markup=False)
+    err.print(message, highlight=False, markup=False)
     return typer.Exit(2 if isinstance(exc, ValueError) else code)
 
 
@@ -125,19 +129,11 @@ class DroverGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer's own: usage errors, exits
-        except (DroverError, ValueError) as exc:
-            raise fail(exc) from None
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
         except Exception as exc:
-            if options.debug:
-                err.print("".join(traceback.format_exception(exc)), end="", markup=False)
-            err.print("error:", style="red", end=" ", highlight=False)
-            err.print(f"unexpected {type(exc).__name__}: {exc}"
-                      + ("" if options.debug else " (`drover --debug ...` shows where)"),
-                      highlight=False, markup=False)
-            raise typer.Exit(1) from None
+            raise fail(exc) from None
 
 
 class PlanLines(logging.Handler):
