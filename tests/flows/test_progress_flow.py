@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
+from rich.console import Console
 
+from drover.cli_live import live
 from drover.errors import NodeNotFound
 from flows.deploy import deploy_cluster
 from flows.destroy import destroy_cluster
@@ -111,6 +114,25 @@ def test_a_failed_run_leaves_its_progress_artifact_at_the_failed_stage(tmp_path:
     progress = artifacts_of(state)["deploy-broke-progress"]
     assert progress.description.startswith("failed: image ✓ · provision 1/2 ✗")
     assert 0 < progress.data < 100
+
+
+def test_a_replace_shows_its_stages_per_node_in_the_artifact_and_the_live_view(
+        tmp_path: Path) -> None:
+    config = lab_config(tmp_path, name="rep", control_planes=1, workers=1)
+    out = StringIO()
+    with live(Console(file=out, force_terminal=False, width=200)):
+        deploy_cluster(config=config)
+        state = replace_node(cluster="rep", node="rep-worker-1", return_state=True)
+
+    progress = artifacts_of(state)["replace-rep-progress"]
+    assert (progress.data, progress.description) == (
+        100.0, "completed: retire 1/1 · bring-up 1/1 · delete 1/1")
+    lines = out.getvalue().splitlines()
+    for line in ("rep: image done", "rep-cp-1: provision done", "rep-worker-1: configure done",
+                 "rep-cp-1: bootstrap done", "rep-worker-1: health done",
+                 "rep-worker-1: retire done", "rep-worker-2: bring-up done",
+                 "rep-worker-1: delete done"):
+        assert any(shown.startswith(line) for shown in lines), (line, lines)
 
 
 def dry_runs(tmp_path: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any], str]]:
