@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,18 @@ def test_a_path_like_cluster_name_exits_2_before_anything_runs(
 def test_errors_print_plain_text_not_markup(tmp_path: Path) -> None:
     result = runner.invoke(app, ["destroy", "../x", "--yes"])
     assert "[red]" not in result.output and result.output.startswith("error: ")
+
+
+def test_status_and_every_refusal_of_an_unknown_cluster_never_import_prefect(
+        home: Path) -> None:
+    spec = load_spec(REPO / "configs" / "lab.yaml")
+    deploy.converge(deploy.Infra.on_lab(spec, Datacenter(spec, home / "lab.db", ManualClock())))
+    script = ("import sys\nfrom drover.cli import app\n"
+              "for argv in (['status', 'lab'], ['upgrade', 'nosuch'], ['health', 'nosuch']):\n"
+              "    try:\n        app(argv)\n    except SystemExit:\n        pass\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))\n")
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True)
+
+    assert "lab-worker-2" in run.stdout and run.stdout.endswith("[]\n"), run.stdout
