@@ -24,7 +24,7 @@ from drover.deploy import Infra
 from drover.errors import NodeNotFound
 from drover.home import drover_home, known_clusters, remembered_spec
 from drover.spec import ClusterSpec
-from drover.timing import History, RunTiming, StageTimer, StageTiming
+from drover.timing import History, RunTiming, StageTimer, StageTiming, targets_for
 from tasks.progress import ProgressArtifact
 
 #: the progress stage the node steps started here count in (set by RunTracker.stage)
@@ -295,13 +295,12 @@ def start_timer(spec: ClusterSpec, flow_name: str,
     for the cluster's own) is current and published as `<flow>-<cluster>-progress`."""
     provider = Infra.open(spec).provider
     scale, note = provider.timing_scale()
-    settings = spec.spec.deployment
-    run = RunTiming(spec.name, flow_name, provider.clock.now(), run_id=str(flow_run.id),
-                    target_seconds=settings.target_minutes * 60,
-                    baseline_seconds=settings.baseline_minutes * 60, scale=scale,
-                    clock_note=note)
-    History(drover_home() / "history.db").begin(run)
     stages = stages or {}
+    run = RunTiming(spec.name, flow_name, provider.clock.now(), run_id=str(flow_run.id),
+                    scale=scale, clock_note=note)
+    # each flow against its own target and baseline; an upgrade's scale with its nodes
+    run.judge(targets_for(spec, flow_name, len(stages.get("upgrade") or [])))
+    History(drover_home() / "history.db").begin(run)
     nodes = list(dict.fromkeys(n for names in stages.values() for n in names or []))
     board = progress.begin(spec.name, flow_name, provider.clock, nodes, list(stages),
                            plan={s: n for s, n in stages.items() if n}, scale=scale)
