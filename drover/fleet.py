@@ -134,6 +134,21 @@ def split_waves(items: list[T], waves: list[int | str]) -> list[list[T]]:
     return [cut for cut in cuts if cut]
 
 
+def wave_threads(wave_size: int, limits: Limits) -> int:
+    """Threads of the fleet flow for a wave: twice the fleet limit (capped by the wave, and
+    at 64). Each thread holds a cluster until it gets a fleet and a site slot, so a thread
+    whose site is full never leaves a free fleet slot idle while another site's cluster
+    waits; and few enough that the waiters' retries stay a light load on the server."""
+    return max(1, min(wave_size, 2 * limits.fleet, 64))
+
+
+def heartbeat_check_seconds(worker_timeout: float) -> float:
+    """Seconds between looks at a site's worker heartbeat while one of its runs goes on (its
+    end wakes the fleet flow at once, by event): a third of the timeout, so a silent worker
+    is caught within 4/3 of it; 1 to 10."""
+    return max(1.0, min(10.0, worker_timeout / 3))
+
+
 def over_budget(failed: int, wave_size: int, budget: int | str) -> bool:
     """True when a wave's failures exceed the error budget (a count, or a share of the wave)."""
     return failed > share_of(budget, wave_size)

@@ -19,6 +19,7 @@ from drover.fleet import (
     summarize,
     target_tag,
     untouched_rows,
+    wave_threads,
 )
 from flows import run_parallel
 from tasks.fleet import (
@@ -64,7 +65,7 @@ def upgrade_fleet(fleet: str = "configs/fleet.yaml", talos_version: str | None =
             "site": site.name, "deployment": deployments[site.name], "cluster": cluster,
             "parameters": parameters, "wave": number, "tags": [] if dry_run else [tag],
             "worker_timeout": body.rollout.worker_timeout_seconds}
-            for site, cluster in wave}, max_workers=min(len(wave), 64)).values())
+            for site, cluster in wave}, max_workers=wave_threads(len(wave), body.limits)).values())
         rows += results
         failed = [r for r in results if r["outcome"] == "failed"]
         if over_budget(len(failed), len(wave), body.rollout.error_budget):

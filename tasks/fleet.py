@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -20,12 +21,13 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
+from prefect.futures import PrefectFlowRunFuture
 from prefect.states import Crashed
 
-from drover.fleet import Site, site_deployment, site_limit
+from drover.fleet import Site, heartbeat_check_seconds, site_deployment, site_limit
 
-POLL_SECONDS = 2.0
 PAGE = 200  # the API's largest page
+
 
 
 @task(name="ensure-concurrency-limits", cache_policy=NONE)
@@ -79,11 +81,32 @@ def find_finished_clusters(tag: str) -> dict[str, str]:
     return found
 
 
+#: deployment name -> (id, work pool), read once per fleet run (ensure-site-deployments
+#: made them just before; an upsert keeps the id)
+KNOWN_DEPLOYMENTS: dict[str, tuple[UUID, str]] = {}
+
+
+def read_deployment(client: SyncPrefectClient, name: str) -> tuple[UUID, str]:
+    if name not in KNOWN_DEPLOYMENTS:
+        found = client.read_deployment_by_name(name)
+        KNOWN_DEPLOYMENTS[name] = (found.id, found.work_pool_name or "-")
+    return KNOWN_DEPLOYMENTS[name]
+
+
+#: pool -> (when read, its workers' last heartbeat): a reading under 3 s old is reused by
+#: the other clusters of the pool (heartbeats come every 5 s)
+LAST_BEATS: dict[str, tuple[float, datetime | None]] = {}
+
+
 def silent_for(client: SyncPrefectClient, pool: str) -> float:
     """Seconds since any worker of `pool` last sent a heartbeat (inf: none ever did)."""
-    beats = [w.last_heartbeat_time for w in client.read_workers_for_work_pool(pool)
-             if w.last_heartbeat_time]
-    return (datetime.now(UTC) - max(beats)).total_seconds() if beats else float("inf")
+    read, beat = LAST_BEATS.get(pool, (-1e9, None))
+    if time.monotonic() - read > 3:
+        beats = [w.last_heartbeat_time for w in client.read_workers_for_work_pool(pool)
+                 if w.last_heartbeat_time]
+        read, beat = time.monotonic(), max(beats) if beats else None
+        LAST_BEATS[pool] = (read, beat)
+    return (datetime.now(UTC) - beat).total_seconds() if beat else float("inf")
 
 
 def row(site: str, cluster: str, wave: int, outcome: str, detail: str,
@@ -106,23 +129,28 @@ def upgrade_in_fleet(site: str, deployment: str, cluster: str, parameters: dict[
     try:
         with concurrency(["drover-fleet", site_limit(site)], occupy=1, strict=True), \
                 get_client(sync_client=True) as client:
-            pool = client.read_deployment_by_name(deployment).work_pool_name or "-"
+            deployment_id, pool = read_deployment(client, deployment)
             if (silence := silent_for(client, pool)) > worker_timeout:
                 return row(site, cluster, wave, "not done",
                            f"no live worker on pool {pool} (silent {silence:.0f}s); not started")
             logger.info("%s/%s: running %s on pool %s", site, cluster, deployment, pool)
-            run = run_deployment(deployment, parameters={"cluster": cluster, **parameters},
+            # a tracking task run of its own is the run's parent (the server sets a parent
+            # task run's state to its child's), so it shows under the fleet run
+            run = run_deployment(deployment_id, parameters={"cluster": cluster, **parameters},
                                  timeout=0, tags=tags or [])
-            while not (run := client.read_flow_run(run.id)).state or \
-                    not run.state.is_final():
+            future = PrefectFlowRunFuture(run.id)
+            # woken by the run's final-state event (one websocket for the whole fleet
+            # flow); between events, every few seconds, is the site's worker still there?
+            while True:
+                future.wait(timeout=heartbeat_check_seconds(worker_timeout))
+                if (state := future.state).is_final():
+                    break
                 if (silence := silent_for(client, pool)) > worker_timeout:
-                    state = run.state.name if run.state else "no state"
                     why = (f"worker of pool {pool} silent {silence:.0f}s while the run was "
-                           f"{state}; marked Crashed, re-run the fleet to finish it")
+                           f"{state.name}; marked Crashed, re-run the fleet to finish it")
                     client.set_flow_run_state(run.id, Crashed(message=why), force=True)
                     logger.error("%s/%s: not done: %s", site, cluster, why)
                     return row(site, cluster, wave, "not done", why, str(run.id))
-                time.sleep(POLL_SECONDS)  # a real server's run: nothing to inject
     except Exception as exc:  # no slot, no deployment, a server answering 503: not the
         # cluster's failure (not counted against the error budget), but not done either
         error = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -130,11 +158,10 @@ def upgrade_in_fleet(site: str, deployment: str, cluster: str, parameters: dict[
                else f"could not start {deployment} ({error})")
         logger.error("%s/%s: not done: %s", site, cluster, why)
         return row(site, cluster, wave, "not done", why, str(run.id) if run else "-")
-    assert run is not None and run.state is not None  # the loop ends on a final state
-    message = run.state.message or ""
-    if not run.state.is_completed():
+    message = state.message or ""
+    if not state.is_completed():
         outcome = "failed"
     else:
         outcome = "skipped" if message.startswith("skipped") else "upgraded"
     logger.info("%s/%s: %s", site, cluster, outcome)
-    return row(site, cluster, wave, outcome, message or run.state.name, str(run.id))
+    return row(site, cluster, wave, outcome, message or state.name, str(run.id))

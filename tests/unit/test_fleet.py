@@ -13,6 +13,7 @@ from drover.errors import SpecError
 from drover.fleet import (
     FleetSpec,
     fleet_order,
+    heartbeat_check_seconds,
     load_fleet,
     over_budget,
     site_deployment,
@@ -20,6 +21,7 @@ from drover.fleet import (
     summarize,
     target_tag,
     untouched_rows,
+    wave_threads,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +55,20 @@ def test_waves_are_cut_from_the_fleet(count: int, waves: list, sizes: list[int])
     cut = split_waves(list(range(count)), waves)
     assert [len(w) for w in cut] == sizes
     assert sum(cut, []) == list(range(count))
+
+
+@pytest.mark.parametrize(("wave", "fleet_limit", "threads"), [
+    (1, 10, 1), (13, 10, 13), (237, 10, 20), (237, 4, 8), (500, 50, 64)])
+def test_a_wave_runs_on_twice_the_fleet_limit_of_threads(wave: int, fleet_limit: int,
+                                                        threads: int) -> None:
+    limits = fleet(limits={"fleet": fleet_limit}).spec.limits
+    assert wave_threads(wave, limits) == threads
+
+
+@pytest.mark.parametrize(("timeout", "every"), [(90, 10.0), (15, 5.0), (2, 1.0)])
+def test_a_silent_worker_is_looked_for_within_a_third_of_its_timeout(timeout: float,
+                                                                      every: float) -> None:
+    assert heartbeat_check_seconds(timeout) == every
 
 
 @pytest.mark.parametrize(("failed", "size", "budget", "over"), [
