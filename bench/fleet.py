@@ -17,6 +17,8 @@ Run: .venv/bin/python bench/fleet.py [--clusters 250 --sites 10 --databases post
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import math
 import os
 import shutil
@@ -47,7 +49,8 @@ def write_config(folder: Path, name: str, profile: str, clock: str) -> str:
     patches = folder / "patches"
     patches.mkdir(exist_ok=True)
     for patch in (REPO / "configs" / "patches").glob("*.yaml"):
-        shutil.copy(patch, patches / patch.name)
+        if not (patches / patch.name).exists():  # the first cluster's, deployed alone: two
+            shutil.copy(patch, patches / patch.name)  # processes never copy over a read
     data["spec"]["provider"] = {"kind": "lab", "profile": profile, "clock": clock, "seed": 1,
                                 "network": "10.5.0.0/16"}  # room for 250 clusters
     path = folder / f"{name}.yaml"
@@ -102,6 +105,43 @@ class Prober(threading.Thread):
                 self.samples.append(time.perf_counter() - started)
 
 
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds of `pid` and every process below it: its own and its reaped children's
+    (cutime), plus each live descendant's (read from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    found, frontier = [pid] if pid in stats else [], [pid]
+    while frontier:
+        frontier = [p for p, fields in stats.items() if int(fields[1]) in frontier]
+        found += frontier
+    return sum(sum(int(x) for x in stats[p][11:15]) for p in found) / ticks
+
+
+def machine_cpu() -> float:
+    """CPU seconds every core of the machine has been busy (all processes, anyone's)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_sample(state: dict[str, Any], postmaster: Path) -> dict[str, float]:
+    """CPU seconds so far of the server, its PostgreSQL, the fleet flow's worker (the fleet
+    flow runs below it), the site workers (the cluster runs below them), the machine."""
+    workers = {pool: info["pid"] for pool, info in state["workers"].items()}
+    try:
+        pg = int(postmaster.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pg = None
+    return {"server": tree_cpu(state["server_pid"]), "postgres": tree_cpu(pg) if pg else 0.0,
+            "fleet flow": tree_cpu(workers.pop("drover-local", None)),
+            "cluster runs": sum(tree_cpu(pid) for pid in workers.values()),
+            "machine": machine_cpu()}
+
+
 def when(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
@@ -114,6 +154,8 @@ def ideal_seconds(children: list[dict], wave_of: dict[str, str], site_of: dict[s
     total = 0.0
     for wave in sorted(set(wave_of.values())):
         runs = [c for c in children if wave_of[c["parameters"]["cluster"]] == wave]
+        if not runs:
+            continue
         spans = [when(c["end_time"]) - when(c[since]) for c in runs]
         by_site: dict[str, float] = {}
         for run, span in zip(runs, spans, strict=True):
@@ -121,6 +163,24 @@ def ideal_seconds(children: list[dict], wave_of: dict[str, str], site_of: dict[s
             by_site[site] = by_site.get(site, 0.0) + span
         total += max(sum(spans) / fleet_limit, max(by_site.values()) / per_site, max(spans))
     return total
+
+
+def overhead(run: dict, children: list[dict], wave_of: dict[str, str],
+             site_of: dict[str, str], fleet_limit: int, per_site: int) -> dict[str, float]:
+    """Where the fleet's wall time above its slot-time ideal went (seconds): before the first
+    cluster run was created, within the waves (their span above their own ideal: slots left
+    idle between a run's end and the next run's creation, the last runs' tail), between the
+    waves (a wave's last end to the next wave's first creation), after the last run ended."""
+    waves = sorted(set(wave_of.values()))
+    runs = {w: [c for c in children if wave_of[c["parameters"]["cluster"]] == w]
+            for w in waves}
+    first = {w: min(when(c["created"]) for c in runs[w]) for w in waves}
+    last = {w: max(when(c["end_time"]) for c in runs[w]) for w in waves}
+    return {"head": first[waves[0]] - when(run["start_time"]),
+            "within_waves": sum(last[w] - first[w] - ideal_seconds(
+                runs[w], wave_of, site_of, fleet_limit, per_site, "created") for w in waves),
+            "between_waves": sum(first[b] - last[a] for a, b in itertools.pairwise(waves)),
+            "tail": when(run["end_time"]) - last[waves[-1]]}
 
 
 def measure(database: str, template: Path, sites: dict[str, list[str]], fleet_limit: int,
@@ -142,13 +202,17 @@ def measure(database: str, template: Path, sites: dict[str, list[str]], fleet_li
                 api.patch(f"/deployments/{deployment['id']}", json={"paused": True})
             prober = Prober(state["url"])
             prober.start()
+            postmaster = work / "home" / "server" / "postgres" / "data" / "postmaster.pid"
+            cpu_before, loads = cpu_sample(state, postmaster), []
             deployment = api.get("/deployments/name/upgrade-fleet/upgrade-fleet").json()
             run = api.post(f"/deployments/{deployment['id']}/create_flow_run",
                            json={"parameters": {"fleet": fleet}}).json()
             while (run := api.get(f"/flow_runs/{run['id']}").json())["state"]["type"] not in {
                     "COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                loads.append(os.getloadavg()[0])
                 time.sleep(1)
             prober.halt.set()
+            cpu = {k: v - cpu_before[k] for k, v in cpu_sample(state, postmaster).items()}
             children = []
             while page := api.post("/flow_runs/filter", json={
                     "flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}},
@@ -176,7 +240,11 @@ def measure(database: str, template: Path, sites: dict[str, list[str]], fleet_li
                                               for c in done),
             "median_run": statistics.median(when(c["end_time"]) - when(c["start_time"])
                                             for c in done),
-            "runs_per_minute": len(done) / (last - first) * 60,
+            "runs_per_minute": len(done) / (last - first) * 60, "cluster_runs": len(done),
+            "over_ideal": overhead(run, done, wave_of, site_of, fleet_limit, per_site),
+            "runs": [{k: c[k] for k in ("created", "start_time", "end_time")}
+                     | {"cluster": c["parameters"]["cluster"]} for c in done],
+            "cpu": cpu, "load_average": statistics.mean(loads) if loads else None,
             "p50": latencies[len(latencies) // 2] * 1000,
             "p95": latencies[math.ceil(len(latencies) * 0.95) - 1] * 1000}
 
@@ -190,13 +258,20 @@ def main() -> None:
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--profile", default="instant", help="lab profile of the clusters")
     parser.add_argument("--clock", default="virtual", help="lab clock: virtual or system")
+    parser.add_argument("--template", help="folder of clusters an earlier run deployed "
+                        "(same profile and clock, at least as many clusters): not deployed again")
     args = parser.parse_args()
     sites = {f"s{i:02d}": [f"f{i:02d}c{j:03d}" for j in range(args.clusters)
                            if j % args.sites == i] for i in range(args.sites)}
-    template = Path(tempfile.mkdtemp(prefix="drover-bench-fleet-"))
-    (template / "configs").mkdir()
-    took = deploy_fleet(template / "home", template / "configs", sites, args.profile,
-                        args.clock)
+    template = Path(args.template or tempfile.mkdtemp(prefix="drover-bench-fleet-"))
+    if all((template / "configs" / f"{name}.yaml").is_file() for name in sum(
+            sites.values(), [])):
+        took = 0.0  # deployed by an earlier run (of this size or larger): copied per database
+    else:
+        (template / "configs").mkdir(parents=True, exist_ok=True)
+        took = deploy_fleet(template / "home", template / "configs", sites, args.profile,
+                            args.clock)
+    print(f"lab clusters deployed in {template} (--template to reuse)", flush=True)
     print(f"{args.clusters} lab clusters (3+2, {args.profile} profile, {args.clock} clock) "
           f"over {args.sites} sites deployed in {took:.0f}s; limits: fleet "
           f"{args.fleet_limit}, per site {args.per_site}; waves 1, 5%, rest", flush=True)
@@ -216,6 +291,17 @@ def main() -> None:
             ("median run Running (s)", "median_run", "{:.1f}"),
             ("cluster runs per minute", "runs_per_minute", "{:.1f}"),
             ("API latency p50 (ms)", "p50", "{:.0f}"), ("API latency p95 (ms)", "p95", "{:.0f}")]
+    for r in results:  # CPU seconds per cluster run, by who spent them
+        r |= {f"cpu_{k}": v / r["cluster_runs"] for k, v in r["cpu"].items()}
+        r["cpu_others"] = r["cpu_machine"] - sum(v for k, v in r["cpu"].items()
+                                                 if k != "machine") / r["cluster_runs"]
+    for r in results:
+        r |= {f"over_{k}": v for k, v in r["over_ideal"].items()}
+    rows += [(f"over ideal: {k.replace('_', ' ')} (s)", f"over_{k}", "{:.0f}") for k in (
+        "head", "within_waves", "between_waves", "tail")]
+    rows += [(f"CPU s per run: {k}", f"cpu_{k}", "{:.2f}") for k in (
+        "cluster runs", "server", "postgres", "fleet flow", "others", "machine")]
+    rows.append(("load average during the run", "load_average", "{:.1f}"))
     for label, key, fmt in rows:
         cells = [f"{r['wall'] / r[key]:.2f}x" if fmt is None else fmt.format(r[key])
                  for r in results]
@@ -223,6 +309,13 @@ def main() -> None:
     for r in results:
         print(f"{r['database']}: {r['summary']}")
     print(f"load average {os.getloadavg()[0]:.1f} after the runs")
+    out = REPO / "bench" / "results" / f"fleet-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps({"clusters": args.clusters, "sites": args.sites,
+                               "limits": {"fleet": args.fleet_limit, "per_site": args.per_site},
+                               "profile": args.profile, "clock": args.clock,
+                               "cpus": os.cpu_count(), "deployed_in": took,
+                               "results": results}, indent=1))
+    print(f"results: {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
