@@ -17,6 +17,7 @@ import yaml
 
 from drover.plan import DeployPlan, Observed, UpgradePlan, version_key
 from drover.spec import split_node_name
+from drover.yamlsafe import TRUSTED
 
 #: What Talos v1.13 applies to a running node without a reboot (machined's
 #: CanApplyImmediate); any other change needs one. From v1.14 every change is applied
@@ -116,7 +117,7 @@ def flatten(config: str) -> dict[str, Any]:
         else:
             out[prefix] = value
 
-    for doc in yaml.safe_load_all(config):
+    for doc in yaml.load_all(config, Loader=TRUSTED):  # drover's own rendering
         if not isinstance(doc, dict):
             continue
         kind = "" if doc.get("version") == "v1alpha1" else str(doc.get("kind", "document"))

@@ -119,14 +119,14 @@ class RecoveryPlan:
     def describe(self) -> list[str]:
         lines = []
         if self.wipe:
-            lines.append(f"{self.cluster}: wipe the etcd data (EPHEMERAL) of "
+            lines.append(f"{self.cluster}: will wipe the etcd data (EPHEMERAL) of "
                          f"{', '.join(self.wipe)} and reboot them")
         if self.snapshot is not None:
-            lines.append(f"{self.cluster}: restore etcd from {self.snapshot.name} onto "
+            lines.append(f"{self.cluster}: will restore etcd from {self.snapshot.name} onto "
                          f"{self.target} (bootstrap --recover-from); the other control planes "
                          "join it as new members")
         if self.gone:
-            lines.append(f"{self.cluster}: {', '.join(self.gone)} stay gone: afterwards run "
+            lines.append(f"{self.cluster}: {', '.join(self.gone)} will stay gone: afterwards run "
                          f"drover deploy (missing nodes) or drover replace (dead ones)")
         return lines
 

@@ -20,6 +20,10 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from drover.errors import SpecError
 
+#: for drover's own files only (its catalogue, its rendered configs): libyaml's fast safe
+#: loader when PyYAML has it; every file an operator writes goes through load_yaml
+TRUSTED = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 MAX_BYTES = 1 << 20
 #: nodes in the document with every alias expanded; a large cluster config has a few thousand
 MAX_NODES = 100_000

@@ -12,7 +12,8 @@ import pytest
 from lightkube import Client, KubeConfig
 
 from drover.errors import StageTimeout
-from drover.kube import Lightkube, drain_node
+from drover.kube import drain_node
+from drover.kube_lightkube import Lightkube
 from drover.lab.clock import ManualClock
 
 
