@@ -73,4 +73,5 @@ def replace_node(cluster: str, node: str, reason: str = "requested", dry_run: bo
             publish_timing(timer.finish("failed"))
             raise
     verdict = publish_timing(timer.finish("completed"))
-    return {"cluster": cluster, "replaced": node, "by": plan.new.name, "verdict": verdict}
+    return {"cluster": cluster, "replaced": node, "by": plan.new.name, "verdict": verdict,
+            "timing": timer.run.rows()}
