@@ -316,7 +316,11 @@ class ClusterSpec(Model):
 
     def with_overrides(self, talos_version: str | None = None,
                        kubernetes_version: str | None = None) -> ClusterSpec:
-        """A copy with versions overridden (UI and CLI parameters), re-validated."""
+        """A copy with versions overridden (UI and CLI parameters), re-validated; this spec
+        itself when nothing changes (the patches were checked when it was made)."""
+        if talos_version in (None, "", self.spec.talos.version) and \
+                kubernetes_version in (None, "", self.spec.kubernetes.version):
+            return self
         data = self.model_dump(by_alias=True)
         if talos_version:
             data["spec"]["talos"]["version"] = talos_version

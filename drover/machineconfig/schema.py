@@ -21,10 +21,10 @@ import re
 from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator, ValidationError
-from jsonschema.exceptions import best_match
+if TYPE_CHECKING:  # jsonschema (0.2 s to import) is loaded when a patch is first checked
+    from jsonschema import Draft202012Validator, ValidationError
 
 _IDENTITY = ("drover owns the cluster's identity and keys (its secrets bundle): remove it from "
              "the patch; back the keys up or restore them with drover's secrets commands")
@@ -90,6 +90,8 @@ def _validator(version: str) -> Draft202012Validator:
                     props.setdefault(field, copy.deepcopy(rule))
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
               "$defs": _without_required(defs), "$ref": f"#/$defs/{_ROOT}"}
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema)
 
 
@@ -149,6 +151,8 @@ def _explain(error: ValidationError) -> Iterator[tuple[list[Any], str]]:
             wanted = [t for e in error.context for t in _listed(e.validator_value)]
             yield list(error.absolute_path), _wrong_type(wanted, error.instance)
         else:
+            from jsonschema.exceptions import best_match
+
             yield from _explain(best_match(error.context))
     elif rule == "type":
         yield list(error.absolute_path), _wrong_type(_listed(expected), error.instance)

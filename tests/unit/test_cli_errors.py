@@ -247,8 +247,10 @@ def test_the_plan_a_flow_logs_before_acting_is_printed_and_nothing_else(
         capsys: pytest.CaptureFixture[str], verbose: bool, shown: list[str]) -> None:
     cli_common.options.verbose = verbose
     logger = logging.getLogger("prefect.flow_runs")
-    level = logger.level
+    level, handlers, propagate = logger.level, logger.handlers[:], logger.propagate
     logger.setLevel(logging.INFO)  # as Prefect sets it up
+    # without its API handler, which a test that set Prefect's logging up may have left
+    logger.handlers, logger.propagate = [], False
     try:
         with cli_common.plan_lines():
             for line in ("lab: will create lab-cp-1 (controlplane)", "Beginning flow run 'x'",
@@ -258,6 +260,7 @@ def test_the_plan_a_flow_logs_before_acting_is_printed_and_nothing_else(
         logger.info("lab: will create lab-cp-2 (controlplane)")  # after the run: not shown
     finally:
         logger.setLevel(level)
+        logger.handlers, logger.propagate = handlers, propagate
 
     assert capsys.readouterr().out.splitlines() == shown
 
