@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -81,16 +80,14 @@ def find_finished_clusters(tag: str) -> dict[str, str]:
     return found
 
 
-#: deployment name -> (id, work pool), read once per fleet run (ensure-site-deployments
-#: made them just before; an upsert keeps the id)
-KNOWN_DEPLOYMENTS: dict[str, tuple[UUID, str]] = {}
+#: deployment name -> its work pool, read once per fleet run
+POOLS: dict[str, str] = {}
 
 
-def read_deployment(client: SyncPrefectClient, name: str) -> tuple[UUID, str]:
-    if name not in KNOWN_DEPLOYMENTS:
-        found = client.read_deployment_by_name(name)
-        KNOWN_DEPLOYMENTS[name] = (found.id, found.work_pool_name or "-")
-    return KNOWN_DEPLOYMENTS[name]
+def pool_of(client: SyncPrefectClient, deployment: str) -> str:
+    if deployment not in POOLS:
+        POOLS[deployment] = client.read_deployment_by_name(deployment).work_pool_name or "-"
+    return POOLS[deployment]
 
 
 #: pool -> (when read, its workers' last heartbeat): a reading under 3 s old is reused by
@@ -129,14 +126,14 @@ def upgrade_in_fleet(site: str, deployment: str, cluster: str, parameters: dict[
     try:
         with concurrency(["drover-fleet", site_limit(site)], occupy=1, strict=True), \
                 get_client(sync_client=True) as client:
-            deployment_id, pool = read_deployment(client, deployment)
+            pool = pool_of(client, deployment)
             if (silence := silent_for(client, pool)) > worker_timeout:
                 return row(site, cluster, wave, "not done",
                            f"no live worker on pool {pool} (silent {silence:.0f}s); not started")
             logger.info("%s/%s: running %s on pool %s", site, cluster, deployment, pool)
-            # a tracking task run of its own is the run's parent (the server sets a parent
-            # task run's state to its child's), so it shows under the fleet run
-            run = run_deployment(deployment_id, parameters={"cluster": cluster, **parameters},
+            # by name: three API calls (by id, run_deployment reads the flow too); its own
+            # tracking task run is the run's parent, so it shows under the fleet run
+            run = run_deployment(deployment, parameters={"cluster": cluster, **parameters},
                                  timeout=0, tags=tags or [])
             future = PrefectFlowRunFuture(run.id)
             # woken by the run's final-state event (one websocket for the whole fleet
