@@ -13,13 +13,19 @@ Each deploy is destroyed after. Prints a table and writes
 bench/results/libvirt-<date>.json. Needs root, libvirt, qemu, genisoimage and sshd
 (`make system-deps`).
 
-Run: .venv/bin/python bench/libvirt.py [--sizes 3,10] [--repeat 3] [--trace-ssh]
+With --against DIR (another checkout, e.g. `git archive <commit> | tar -x -C DIR`; its
+image cached in DIR/.image), each repeat runs that checkout's `drover deploy`, tiny image
+and example config right after this one's, so both meet the same machine load; its rows
+are labelled "against".
+
+Run: .venv/bin/python bench/libvirt.py [--sizes 3,10] [--repeat 3] [--against DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -88,16 +94,31 @@ def start_prefect(folder: Path) -> tuple[dict[str, str], subprocess.Popen[bytes]
     return env, proc
 
 
+def build_in(repo: Path) -> tuple[Path, Path]:
+    """The tiny image as `repo`'s tests/system/tinyimage.py builds it (its own cache)."""
+    if repo == REPO:
+        return build()
+    spec = importlib.util.spec_from_file_location("other_tinyimage",
+                                                  repo / "tests/system/tinyimage.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    os.environ["DROVER_TEST_CACHE"] = str(repo / ".image")
+    try:
+        return module.build()
+    finally:
+        del os.environ["DROVER_TEST_CACHE"]
+
+
 def write_config(folder: Path, ssh: libvirthost.Sshd, storage: Path, name: str,
-                 nodes: int) -> Path:
-    kernel, initrd = build()
+                 nodes: int, repo: Path = REPO) -> Path:
+    kernel, initrd = build_in(repo)
     base = folder / "base.qcow2"
     if not base.exists():
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
         base.chmod(0o644)
     known_hosts = folder / "known_hosts"
     known_hosts.write_text(ssh.known_hosts_line)
-    data = yaml.safe_load((REPO / "configs/examples/libvirt-local.yaml").read_text())
+    data = yaml.safe_load((repo / "configs/examples/libvirt-local.yaml").read_text())
     data["metadata"]["name"] = name
     data["spec"]["workers"][0]["count"] = nodes - 1
     data["spec"]["provider"].update(
@@ -123,13 +144,13 @@ def watch_consoles(folder: Path, names: list[str], seen: dict[str, tuple[float, 
 
 
 def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, storage: Path,
-            nodes: int, trace: bool) -> dict[str, object]:
+            nodes: int, trace: bool, repo: Path = REPO) -> dict[str, object]:
     from drover.home import cluster_dir
     from drover.machineconfig import load_secrets, render_node_yaml
     from drover.spec import load_spec
 
     name = f"b{uuid.uuid4().hex[:6]}"
-    config = write_config(folder, ssh, storage, name, nodes)
+    config = write_config(folder, ssh, storage, name, nodes, repo)
     spec = load_spec(config)
     names = [n.name for n in spec.declared_nodes()]
     steps_file = folder / f"{name}-steps.jsonl"
@@ -142,7 +163,7 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, storage: P
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     watcher.start()
-    deploy = subprocess.run([*command, "deploy", str(config)], cwd=REPO, env=run_env,
+    deploy = subprocess.run([*command, "deploy", str(config)], cwd=repo, env=run_env,
                             capture_output=True, text=True, timeout=900, check=False)
     deployed = time.time() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -164,7 +185,7 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, storage: P
     finally:
         destroy_started = time.time()
         gone = subprocess.run([sys.executable, "-m", "drover.cli", "destroy", name, "--yes"],
-                              cwd=REPO, env=run_env, capture_output=True, text=True,
+                              cwd=repo, env=run_env, capture_output=True, text=True,
                               timeout=900, check=False)
         destroyed = time.time() - destroy_started
         shutil.rmtree(storage / name, ignore_errors=True)  # the boot files stay
@@ -210,6 +231,8 @@ def main() -> None:
     parser.add_argument("--trace-ssh", action="store_true",
                         help="time every SSH command (for code without drover.steps)")
     parser.add_argument("--label", default="", help="a word for the results file name")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another checkout, run alternately with this one")
     parser.add_argument("--leave-kvm", action="store_true",
                         help="leave /dev/kvm as it is (to measure a root-only /dev/kvm)")
     args = parser.parse_args()
@@ -230,9 +253,16 @@ def main() -> None:
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
         results["cold"] = [one_run(env, folder, ssh, storage, sizes[0], args.trace_ssh)]
+        if args.against:
+            results["against cold"] = [one_run(env, folder, ssh, storage, sizes[0],
+                                               args.trace_ssh, args.against.resolve())]
         for size in sizes:
-            results[str(size)] = [one_run(env, folder, ssh, storage, size, args.trace_ssh)
-                                  for _ in range(args.repeat)]
+            for _ in range(args.repeat):
+                results.setdefault(str(size), []).append(
+                    one_run(env, folder, ssh, storage, size, args.trace_ssh))
+                if args.against:
+                    results.setdefault(f"against {size}", []).append(one_run(
+                        env, folder, ssh, storage, size, args.trace_ssh, args.against.resolve()))
     finally:
         shutil.rmtree(storage, ignore_errors=True)
         for proc in (server, sshd):
@@ -253,12 +283,13 @@ def report(results: dict[str, list[dict[str, object]]], args: argparse.Namespace
                ("to_all_hashes", "deploy_exit", "wall", "qemu_boot_last_node", "drover_share",
                 "destroy", "before_provider", "after_addresses", "deploy_cpu", "load")}
         summary[size] = {**row, "steps": per_step(runs)}
-        label = f"{runs[0]['nodes']}c" if size == "cold" else size
+        label = size.replace("against ", "a").replace("cold", f"{runs[0]['nodes']}c")
         print(f"{label:>5} {row['to_all_hashes']:>10.2f} {row['deploy_exit']:>12.2f} "
               f"{row['qemu_boot_last_node']:>10.2f} {row['drover_share']:>8.2f} "
               f"{row['destroy']:>8.2f} {row['before_provider']:>12.2f} "
               f"{row['after_addresses']:>11.2f} {row['deploy_cpu']:>8.2f} {row['load']:>5.1f}")
-    print("(3c: the first, cold run of the first size: boot files uploaded to the host)")
+    print("(3c: the first, cold run of the first size: boot files uploaded to the host; "
+          "a…: --against's checkout)")
     for size, entry in summary.items():
         print(f"\nsteps, {size} VMs (median over runs of: calls, summed s, slowest call s)")
         for step, v in sorted(entry["steps"].items(), key=lambda kv: -kv[1]["sum"]):
