@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -273,10 +274,12 @@ def main() -> None:
                             args.clock)
     print(f"lab clusters deployed in {template} (--template to reuse)", flush=True)
     print(f"{args.clusters} lab clusters (3+2, {args.profile} profile, {args.clock} clock) "
-          f"over {args.sites} sites deployed in {took:.0f}s; limits: fleet "
-          f"{args.fleet_limit}, per site {args.per_site}; waves 1, 5%, rest", flush=True)
+          f"over {args.sites} sites {f'deployed in {took:.0f}s' if took else 'reused'}; "
+          f"limits: fleet {args.fleet_limit}, per site {args.per_site}; waves 1, 5%, rest",
+          flush=True)
+    load_before = os.getloadavg()[0]
     print(f"{datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} before the runs", flush=True)
+          f"{load_before:.1f} before the runs", flush=True)
     results = [measure(db, template, sites, args.fleet_limit, args.per_site)
                for db in args.databases.split(",")]
     print(f"\n{'':30}" + "".join(f"{r['database']:>14}" for r in results))
@@ -310,7 +313,10 @@ def main() -> None:
         print(f"{r['database']}: {r['summary']}")
     print(f"load average {os.getloadavg()[0]:.1f} after the runs")
     out = REPO / "bench" / "results" / f"fleet-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps({"clusters": args.clusters, "sites": args.sites,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                            capture_output=True, check=False).stdout.strip()
+    out.write_text(json.dumps({"clusters": args.clusters, "sites": args.sites, "commit": commit,
+                               "load_average_before": load_before,
                                "limits": {"fleet": args.fleet_limit, "per_site": args.per_site},
                                "profile": args.profile, "clock": args.clock,
                                "cpus": os.cpu_count(), "deployed_in": took,
