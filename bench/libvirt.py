@@ -188,6 +188,8 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, storage: P
                               cwd=repo, env=run_env, capture_output=True, text=True,
                               timeout=900, check=False)
         destroyed = time.time() - destroy_started
+        for left in remove_leftovers(name):  # a failed destroy leaves no guest eating CPU
+            print(f"removed leftover domain {left} (drover destroy did not)")
         shutil.rmtree(storage / name, ignore_errors=True)  # the boot files stay
     if gone.returncode != 0:
         raise RuntimeError(f"drover destroy failed:\n{gone.stdout}\n{gone.stderr}")
@@ -207,6 +209,18 @@ def one_run(env: dict[str, str], folder: Path, ssh: libvirthost.Sshd, storage: P
             "wall": max(hashes, deployed), "qemu_boot_last_node": qemu,
             "drover_share": hashes - qemu, "destroy": destroyed,
             "boots": boots, "steps": [{**s, "started": s["started"] - started} for s in steps]}
+
+
+def remove_leftovers(cluster: str) -> list[str]:
+    """Destroy and undefine any domain of `cluster` still defined; their names."""
+    virsh = ["virsh", "-q", "-c", libvirthost.URI]
+    names = subprocess.run([*virsh, "list", "--all", "--name"], capture_output=True, text=True,
+                           check=False, timeout=60).stdout.split()
+    left = [n for n in names if n.startswith(f"{cluster}-")]
+    for domain in left:
+        for verb in ("destroy", "undefine"):
+            subprocess.run([*virsh, verb, domain], capture_output=True, check=False, timeout=60)
+    return left
 
 
 def per_step(runs: list[dict[str, object]]) -> dict[str, dict[str, float]]:
