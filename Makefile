@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # with the tools that build and boot the tiny test image (kernel + busybox initramfs);
 # PostgreSQL for the fleet server; Chromium (headless) to load the Prefect UI pages.
 SYSTEM_PACKAGES := openssh-server openssh-client qemu-system-x86 qemu-utils busybox-static \
-	cpio genisoimage libvirt-daemon-system libvirt-clients postgresql chromium
+	cpio genisoimage lz4 libvirt-daemon-system libvirt-clients postgresql chromium
 
 .PHONY: install deploy test system-deps soak
 

@@ -250,10 +250,15 @@ def destroy(infra: Infra, names: list[str] | None = None) -> list[str]:
     keeps its members as long as it can); returns what was deleted."""
     everything = names is None
     if names is None:
-        names = [n.name for n in sorted(infra.provider.list_nodes(),
-                                        key=lambda n: n.role == "controlplane")]
-    for name in names:
-        infra.provider.delete_node(name)
+        nodes = infra.provider.list_nodes()
+        batches = [[n.name for n in nodes if n.role != "controlplane"],
+                   [n.name for n in nodes if n.role == "controlplane"]]
+    else:
+        batches = [names]
+    for batch in batches:  # the provider may delete a batch at once
+        if batch:
+            infra.provider.delete_nodes(batch)
+    names = [name for batch in batches for name in batch]
     # a whole cluster gone: also forget creations a killed run recorded but never made
     ledger.forget(infra.spec.name, None if everything else names)
     return names

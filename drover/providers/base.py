@@ -54,6 +54,12 @@ class Provider(ABC):
     def delete_node(self, name: str) -> None:
         """Delete the node; succeeds if it is already gone."""
 
+    def delete_nodes(self, names: list[str]) -> None:
+        """Delete the nodes, one after another; a backend whose deletes are independent
+        calls may run them at once."""
+        for name in names:
+            self.delete_node(name)
+
     def preflight(self, nodes: list[NodeSpec], image: str) -> list[str]:
         """What would stop creating `nodes` from `image`, found before anything is created
         (address pools, quotas, names, the image): one line per shortfall, naming it and by
