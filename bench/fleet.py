@@ -304,7 +304,10 @@ def main() -> None:
         "head", "within_waves", "between_waves", "tail")]
     rows += [(f"CPU s per run: {k}", f"cpu_{k}", "{:.2f}") for k in (
         "cluster runs", "server", "postgres", "fleet flow", "others", "machine")]
-    rows.append(("load average during the run", "load_average", "{:.1f}"))
+    for r in results:  # how busy the machine's cores were (anyone's work) over the fleet run
+        r["busy"] = 100 * r["cpu"]["machine"] / (r["wall"] * (os.cpu_count() or 1))
+    rows += [("machine busy (% of its cores)", "busy", "{:.0f}"),
+             ("load average during the run", "load_average", "{:.1f}")]
     for label, key, fmt in rows:
         cells = [f"{r['wall'] / r[key]:.2f}x" if fmt is None else fmt.format(r[key])
                  for r in results]
