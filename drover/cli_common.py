@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 
 from drover.boundaries import cluster_name, shown
 from drover.errors import DroverError, InvalidName, NodeNotFound, SpecError
+from drover.home import known_clusters
 
 if TYPE_CHECKING:
     from drover.spec import ClusterSpec
@@ -197,13 +198,6 @@ def checked_name(cluster: str) -> str:
         return cluster_name(cluster)
     except InvalidName as exc:
         raise fail(exc) from None
-
-
-def known_clusters() -> list[str]:
-    """The clusters drover remembers (drover.home.known_clusters), sorted."""
-    from drover import home
-
-    return home.known_clusters()
 
 
 def unknown_cluster(cluster: str, hint: str = "deploy one with drover deploy CONFIG"
